@@ -1,0 +1,191 @@
+"""ModelConfig: every size and switch of the model in one frozen, validated dataclass.
+
+Frozen so that an ablation never edits a preset by accident: derive a variant with
+`dataclasses.replace(SMALL, top_k=1)`. Sizes that follow from others are properties
+(derived, not stored), so `replace(cfg, n_heads=8)` can never leave a stale head size.
+
+Paper symbols (DeepSeek-V2 §2.1-2.2, V3 §2.1) next to each field; the README has the glossary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ATTENTION_KINDS = ("mla", "mha", "gqa", "mqa", "linear")
+FFN_KINDS = ("moe", "dense")
+ROUTER_SCORES = ("softmax", "sigmoid")
+BALANCING_KINDS = ("none", "aux_loss", "aux_free", "both")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # --- trunk -----------------------------------------------------------------------------
+    vocab_size: int = 50257          # GPT-2 BPE
+    context_length: int = 128        # longest sequence the model is trained on
+    d_model: int = 256               # d
+    n_layers: int = 4                # l
+    n_heads: int = 4                 # n_h
+    tie_embeddings: bool = True      # share the token embedding with the output head
+    dropout: float = 0.0
+    norm_eps: float = 1e-6           # RMSNorm eps (DeepSeek uses 1e-6)
+    init_std: float = 0.02
+    # --- attention -------------------------------------------------------------------------
+    attention: str = "mla"           # 'mla' | 'mha' | 'gqa' | 'mqa' | 'linear'
+    n_kv_heads: int | None = None    # n_g for GQA (None: n_heads for MHA, 1 for MQA)
+    kv_latent_dim: int = 64          # d_c, width of the cached latent c_KV (kv_lora_rank)
+    q_latent_dim: int | None = None  # d_c', query latent (q_lora_rank); None = no query compression
+    rope_head_dim: int | None = None     # d_h^R (None: head_dim // 2)
+    qk_nope_head_dim: int | None = None  # d_h for q/k without RoPE (None: head_dim)
+    v_head_dim: int | None = None        # value head size (None: head_dim)
+    rope_theta: float = 10000.0
+    # --- feed-forward ----------------------------------------------------------------------
+    ffn: str = "moe"                 # 'moe' | 'dense'
+    n_dense_layers: int = 1          # the first layers use a dense FFN (first_k_dense_replace)
+    dense_hidden_dim: int | None = None  # None: expert_hidden_dim * (n_shared + top_k), equal active width
+    n_routed_experts: int = 4        # N_r
+    n_shared_experts: int = 1        # N_s
+    top_k: int = 2                   # K_r
+    expert_hidden_dim: int = 1024    # moe_inter_dim
+    # --- router ----------------------------------------------------------------------------
+    router_score: str = "sigmoid"    # 'softmax' (V2) | 'sigmoid' (V3, weights renormalised)
+    route_scale: float = 1.0         # routed_scaling_factor
+    n_expert_groups: int = 1         # group-limited routing: groups ...
+    topk_groups: int = 1             # ... of which this many are kept per token
+    router_noise_std: float = 0.0    # noisy top-k (training only); 0 = off
+    capacity_factor: float | None = None  # None = dropless; else slots per expert = cf * N*K/E
+    balancing: str = "aux_free"      # 'none' | 'aux_loss' | 'aux_free' | 'both'
+    bias_update_rate: float = 1e-3   # gamma of the loss-free bias update (V3 §2.1.2)
+    expert_balance_coef: float = 0.01    # Switch / V2 expert-level loss (V2 eq 23-25)
+    seq_balance_coef: float = 0.0        # V3 sequence-wise loss (V3 eq 17-20)
+    z_loss_coef: float = 0.0             # ST-MoE router z-loss
+    kl_balance_coef: float = 0.0         # KL(mean routing prob || uniform)
+    # --- multi-token prediction (V3 §2.2) ----------------------------------------------------
+    mtp_depth: int = 0               # D; 0 = off
+    mtp_loss_weight: float = 0.3     # lambda
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads",
+                     "kv_latent_dim", "n_routed_experts", "top_k", "expert_hidden_dim",
+                     "n_expert_groups", "topk_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                bad(name, "must be a positive integer")
+        for name in ("n_shared_experts", "n_dense_layers", "mtp_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                bad(name, "must be an integer >= 0")
+        for name in ("q_latent_dim", "rope_head_dim", "qk_nope_head_dim", "v_head_dim",
+                     "dense_hidden_dim", "n_kv_heads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                bad(name, "must be None or a positive integer")
+        if self.attention not in ATTENTION_KINDS:
+            bad("attention", f"choose one of {ATTENTION_KINDS}")
+        if self.ffn not in FFN_KINDS:
+            bad("ffn", f"choose one of {FFN_KINDS}")
+        if self.router_score not in ROUTER_SCORES:
+            bad("router_score", f"choose one of {ROUTER_SCORES}")
+        if self.balancing not in BALANCING_KINDS:
+            bad("balancing", f"choose one of {BALANCING_KINDS}")
+        if self.d_model % self.n_heads:
+            bad("n_heads", f"must divide d_model={self.d_model}")
+        if self.attention == "gqa":
+            if self.n_kv_heads is None or self.n_heads % self.n_kv_heads:
+                bad("n_kv_heads", f"GQA needs n_kv_heads dividing n_heads={self.n_heads}")
+        if self.attention in ("mha", "gqa", "mqa", "linear") and self.head_dim % 2:
+            bad("n_heads", f"head_dim={self.head_dim} must be even for RoPE")
+        if self.rope_dim % 2:
+            bad("rope_head_dim", "must be even (RoPE rotates pairs)")
+        if self.top_k > self.n_routed_experts:
+            bad("top_k", f"must be <= n_routed_experts={self.n_routed_experts}")
+        if self.n_routed_experts % self.n_expert_groups:
+            bad("n_expert_groups", f"must divide n_routed_experts={self.n_routed_experts}")
+        if self.topk_groups > self.n_expert_groups:
+            bad("topk_groups", f"must be <= n_expert_groups={self.n_expert_groups}")
+        if self.top_k > self.topk_groups * (self.n_routed_experts // self.n_expert_groups):
+            bad("top_k", "exceeds the experts left after group-limited routing; raise topk_groups")
+        if self.n_dense_layers > self.n_layers:
+            bad("n_dense_layers", f"must be <= n_layers={self.n_layers}")
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            bad("capacity_factor", "must be None (dropless) or > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", "must be in [0, 1)")
+        for name in ("router_noise_std", "bias_update_rate", "expert_balance_coef",
+                     "seq_balance_coef", "z_loss_coef", "kl_balance_coef", "mtp_loss_weight"):
+            if not getattr(self, name) >= 0:
+                bad(name, "must be >= 0")
+        if self.route_scale <= 0:
+            bad("route_scale", "must be > 0")
+        if self.uses_aux_loss and self.ffn == "moe" and not any(self.balance_coefs.values()):
+            bad("balancing", "'aux_loss'/'both' needs a balance coefficient > 0 (e.g. expert_balance_coef=0.01)")
+
+    # --- derived sizes (properties, never stored) -------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        """d_model // n_heads: head size of the baseline attentions, and the MLA default."""
+        return self.d_model // self.n_heads
+
+    @property
+    def nope_dim(self) -> int:
+        """d_h: per-head query/key size without RoPE (qk_nope_head_dim)."""
+        return self.qk_nope_head_dim or self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """d_h^R: per-head decoupled RoPE size (qk_rope_head_dim)."""
+        return self.rope_head_dim or self.head_dim // 2
+
+    @property
+    def value_dim(self) -> int:
+        """d_v: per-head value size (v_head_dim)."""
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads of the baseline attentions (MHA n_h, GQA n_g, MQA 1)."""
+        if self.attention == "mqa":
+            return 1
+        if self.attention == "gqa":
+            return self.n_kv_heads
+        return self.n_heads
+
+    @property
+    def dense_ffn_dim(self) -> int:
+        """Hidden width of a dense FFN; by default equal to the MoE's active width."""
+        return self.dense_hidden_dim or self.expert_hidden_dim * (self.n_shared_experts + self.top_k)
+
+    @property
+    def uses_aux_loss(self) -> bool:
+        return self.balancing in ("aux_loss", "both")
+
+    @property
+    def uses_bias(self) -> bool:
+        """Aux-loss-free balancing: a selection-only bias updated by the trainer (V3 §2.1.2)."""
+        return self.balancing in ("aux_free", "both")
+
+    @property
+    def balance_coefs(self) -> dict[str, float]:
+        """Balance-loss name -> coefficient; all zero unless `balancing` includes 'aux_loss'."""
+        coefs = {"expert": self.expert_balance_coef, "sequence": self.seq_balance_coef,
+                 "z": self.z_loss_coef, "kl": self.kl_balance_coef}
+        if not self.uses_aux_loss:
+            return {name: 0.0 for name in coefs}
+        return coefs
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.ffn == "moe" and layer >= self.n_dense_layers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Rebuild from `to_dict()` output (a checkpoint's metadata); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
