@@ -99,3 +99,68 @@ def pick_device(requested: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+# --- counting: parameters and KV-cache bytes ------------------------------------------------
+def count_parameters(model: torch.nn.Module) -> int:
+    """All parameters, each shared tensor once (a tied embedding/head counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_active_parameters(model: torch.nn.Module) -> int:
+    """Parameters one token's forward pass multiplies with (inference, MTP modules excluded).
+
+    A token touches its K selected routed experts out of E, every shared expert, attention,
+    norms and the output head. The embedding is a table lookup, not a matmul, so it counts only
+    when it is tied to the head (then it *is* the head). This is the N in MFU = 6*N*tokens/s / peak.
+    """
+    from components.moe import MoE
+
+    active = 0
+    seen: set[int] = set()
+    mtp = getattr(model, "mtp", None)
+    skip = {id(p) for p in mtp.parameters()} if mtp is not None else set()
+    for module in model.modules():
+        if isinstance(module, MoE):
+            for expert in module.experts:              # mark all routed experts as seen ...
+                seen.update(id(p) for p in expert.parameters())
+            per_expert = sum(p.numel() for p in module.experts[0].parameters())
+            if not any(id(p) in skip for p in module.experts[0].parameters()):
+                active += module.router.top_k * per_expert   # ... and count only the K used
+    embed = getattr(model, "embed", None)
+    head = getattr(model, "head", None)
+    tied = embed is not None and head is not None and head.weight is embed.weight
+    if embed is not None and not tied:
+        seen.add(id(embed.weight))
+    for p in model.parameters():
+        if id(p) not in seen and id(p) not in skip:
+            seen.add(id(p))
+            active += p.numel()
+    return active
+
+
+def kv_cache_values_per_token(cfg) -> int:
+    """Numbers one layer caches per token (V2 Table 1). Linear attention caches none per token."""
+    if cfg.attention == "mla":
+        return cfg.kv_latent_dim + cfg.rope_dim                      # c_KV and the shared RoPE key
+    if cfg.attention == "linear":
+        return 0                                                     # a fixed-size running state instead
+    return 2 * cfg.kv_heads * cfg.head_dim                           # K and V of every kv head
+
+
+def kv_cache_bytes(cfg, n_tokens: int, batch: int = 1, bytes_per_value: int = 2) -> int:
+    """Cache bytes for `n_tokens` tokens over all layers (bf16 = 2 bytes per value by default)."""
+    if cfg.attention == "linear":   # state S (H, D, D) and normaliser z (H, D), whatever n_tokens is
+        per_layer = cfg.n_heads * (cfg.head_dim * cfg.head_dim + cfg.head_dim)
+        return per_layer * cfg.n_layers * batch * bytes_per_value
+    return kv_cache_values_per_token(cfg) * cfg.n_layers * n_tokens * batch * bytes_per_value
+
+
+def kv_cache_bytes_per_token(cfg, bytes_per_value: int = 2) -> int:
+    """Bytes per token over all layers (0 for linear attention, whose state does not grow)."""
+    return kv_cache_values_per_token(cfg) * cfg.n_layers * bytes_per_value
+
+
+def measured_cache_bytes(caches) -> int:
+    """Bytes really held by a list of LayerCache after a generation (from the tensors)."""
+    return sum(cache.nbytes() for cache in caches)

@@ -1,0 +1,1 @@
+"""Benchmarks that print ratios: `python -m benchmarks.decode`, `benchmarks.moe`, `benchmarks.train`."""

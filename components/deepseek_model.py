@@ -1,0 +1,124 @@
+"""The whole model: token embedding -> N pre-norm blocks -> RMSNorm -> output head.
+
+    logits = W_out RMSNorm(Block_N(... Block_1(Emb(idx))))
+    loss   = CE(logits, targets) + sum over MoE layers of the weighted balance losses
+             (+ lambda * L_MTP when multi-token prediction is on, V3 §2.2)
+
+The balance losses are regularisers, so `aux['ce']` reports the cross-entropy alone (it can
+never be negative, and it is what perplexity is computed from).
+
+Generation keeps one `LayerCache` per layer: MLA stores only c_KV and the RoPE key per token
+(`kv_latent_dim + rope_head_dim` numbers per layer), which is what makes DeepSeek cheap to serve.
+
+Shapes: B batch, T tokens (new tokens when decoding), D d_model, V vocab, E routed experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components import generation
+from components.config import ModelConfig
+from components.kv_cache import LayerCache
+from components.multi_token_prediction import MultiTokenPrediction
+from components.router import Router
+from components.transformer_block import TransformerBlock
+
+
+class DeepSeekModel(nn.Module):
+    """A small DeepSeek-V2/V3-style language model built from a `ModelConfig`."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, i) for i in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight        # one (V, D) matrix read in and written out
+        self.mtp = MultiTokenPrediction(cfg) if cfg.mtp_depth > 0 else None
+        self.apply(self._init_weights)
+        # GPT-2 style: shrink the projections that write into the residual stream so that the
+        # residual's variance does not grow with depth (2 writes per block).
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith(("w_o.weight", "w_down.weight", "out_proj.weight")):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    # --- helpers used by the trainer, generation and notebooks ------------------------------
+    def new_caches(self) -> list[LayerCache]:
+        """One empty cache per layer, for incremental decoding."""
+        return [LayerCache() for _ in self.blocks]
+
+    def routers(self) -> list[Router]:
+        """Every MoE router (main layers first, then MTP): the trainer updates their biases."""
+        return [m for m in self.modules() if isinstance(m, Router)]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[LayerCache] | None = None, absorb: bool = False):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None, aux dict).
+
+        With `caches`, idx holds only the new tokens; positions continue from the cache length.
+        """
+        B, T = idx.shape
+        start = caches[0].length if caches else 0
+        if start + T > self.cfg.context_length:
+            raise ValueError(f"{start + T} tokens exceed context_length={self.cfg.context_length}; "
+                             "crop the input to the last context_length tokens")
+        # 1) token embedding (no position embedding: RoPE inside attention carries positions)
+        x = self.dropout(self.embed(idx))                                           # (B, T, D)
+        # 2) the blocks, collecting each MoE layer's routing statistics
+        moe_stats = []
+        for i, block in enumerate(self.blocks):
+            x, stats = block(x, cache=caches[i] if caches else None, absorb=absorb)   # (B, T, D)
+            if stats is not None:
+                moe_stats.append(stats)
+        hidden = x
+        # 3) final norm and output head
+        logits = self.head(self.norm(x))                                            # (B, T, V)
+        aux = {"ce": None, "mtp_loss": None}
+        loss = None
+        if targets is not None:
+            # 4) cross-entropy in fp32 (logits may be bf16 under autocast)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            loss = ce
+            aux["ce"] = ce.detach()
+            if self.mtp is not None:
+                mtp_loss, mtp_stats = self.mtp(hidden, idx, targets, self.embed, self.head)
+                loss = loss + self.cfg.mtp_loss_weight * mtp_loss
+                aux["mtp_loss"] = mtp_loss.detach()
+                moe_stats = moe_stats + mtp_stats
+        # 5) balance losses, summed over MoE layers (each already weighted by its coefficient)
+        balance = {}
+        for stats in moe_stats:
+            for name, value in stats.losses.items():
+                balance[name] = balance.get(name, 0.0) + value
+        balance_loss = sum(balance.values()) if balance else logits.new_zeros((), dtype=torch.float32)
+        if loss is not None:
+            loss = loss + balance_loss
+        aux["balance_loss"] = balance_loss.detach() if torch.is_tensor(balance_loss) else balance_loss
+        aux["balance_losses"] = {name: value.detach() for name, value in balance.items()}
+        aux["tokens_per_expert"] = [s.tokens_per_expert for s in moe_stats]
+        aux["dropped_tokens"] = [s.dropped_tokens for s in moe_stats]
+        return logits, loss, aux
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:
+        """Autoregressive sampling with the KV cache; see `components.generation.generate`."""
+        return generation.generate(self, idx, max_new_tokens, **sampling)
+
+    @torch.no_grad()
+    def beam_search(self, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+        return generation.beam_search(self, idx, max_new_tokens, **options)

@@ -1,0 +1,155 @@
+"""Where the essays come from, and how each accepted file format becomes a list of documents.
+
+Resolution order (DESIGN.md, "Data and tokenizer, offline by design"):
+    1. an explicit path (argument, or the DEEPSEEK_SCRATCH_DATA environment variable)
+    2. the local copy of the Hub dataset saved under the cache dir by an earlier download
+    3. the Hub dataset itself (hub.py), only when the hub host answers within a few seconds
+    4. the bundled stand-in sample in data/sample/, with a loud warning
+A `Source` names a file or folder whenever it can, so the token cache can be keyed on the raw
+bytes (cheap) and a cache hit never needs to parse the corpus at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET
+
+SAMPLE_DIR = DATA_DIR / "sample"
+HUB_CACHE_NAME = "hub_" + HUB_DATASET.replace("/", "__") + ".csv"   # the Hub copy, as CSV
+TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+HOW_TO_GET_ESSAYS = (f"pass --data PATH (or set {DATA_ENV_VAR}) to a CSV/Parquet/JSONL file with a 'text' "
+                     "column, a .txt file or a folder of .txt files")
+
+# Python's csv module refuses fields over 128 KiB by default; whole essays can be longer.
+csv.field_size_limit(2**31 - 1)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the corpus is: a file or folder on disk, or (Hub download without a writable cache) texts."""
+    description: str
+    path: Path | None = None
+    texts: tuple[str, ...] | None = None
+
+
+def _decode(raw: bytes, name: Path | str) -> str:
+    """Strict UTF-8 (a BOM is dropped); anything else is an error that names the file."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{name} is not UTF-8 text (bad byte at offset {err.start}); "
+                         "re-save it as UTF-8") from None
+
+
+def _texts_from_rows(rows: list[dict], columns: list[str], path: Path) -> list[str]:
+    if "text" not in columns:
+        raise ValueError(f"{path} has no 'text' column (columns found: {', '.join(map(str, columns)) or 'none'}); "
+                         "rename the column holding the essays to 'text'")
+    texts = [row.get("text") for row in rows]
+    return ["" if text is None else str(text) for text in texts]   # missing cells count as empty
+
+
+def _read_table(path: Path) -> list[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"reading {path} needs pyarrow (pip install pyarrow); "
+                             "or convert it to CSV/JSONL") from None
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # pyarrow raises its own error types for corrupt files
+            raise ValueError(f"{path} is not a readable Parquet file ({err})") from None
+        return _texts_from_rows(table.to_pylist(), table.column_names, path)
+    text = _decode(path.read_bytes(), path)
+    if suffix == ".csv":
+        reader = csv.DictReader(text.splitlines(keepends=True))
+        rows = list(reader)
+        return _texts_from_rows(rows, list(reader.fieldnames or []), path)
+    rows, columns = [], {}
+    for line_no, line in enumerate(text.splitlines(), start=1):   # JSONL: one object per line
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {line_no} is not JSON ({err.msg}); expected one object per line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {line_no} is not a JSON object; expected {{\"text\": ...}} per line")
+        rows.append(row)
+        columns.update(dict.fromkeys(row))
+    return _texts_from_rows(rows, list(columns), path)
+
+
+def read_documents(source: Source) -> list[str]:
+    """The documents of a source, in a fixed order (table rows, or .txt files sorted by name)."""
+    if source.texts is not None:
+        return list(source.texts)
+    path = source.path
+    if path.is_dir():
+        files = _txt_files(path)
+        return [_decode(f.read_bytes(), f) for f in files]
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return _read_table(path)
+    return [_decode(path.read_bytes(), path)]   # any other file: one plain-text document
+
+
+def _txt_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".txt" and p.is_file())
+    if not files:
+        raise ValueError(f"{folder} holds no .txt files; put one essay per .txt file there, or {HOW_TO_GET_ESSAYS}")
+    return files
+
+
+def fingerprint(source: Source) -> str:
+    """sha256 of the raw input: file bytes, or names+bytes of a folder's .txt files, or the texts."""
+    digest = hashlib.sha256()
+    if source.texts is not None:
+        for text in source.texts:
+            digest.update(text.encode("utf-8") + b"\0")
+    elif source.path.is_dir():
+        for f in _txt_files(source.path):
+            digest.update(f.name.encode("utf-8") + b"\0" + f.read_bytes() + b"\0")
+    else:
+        digest.update(source.path.read_bytes())
+    return digest.hexdigest()
+
+
+def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, use_hub: bool) -> Source:
+    """Pick the corpus by the resolution order in the module docstring."""
+    # 1) an explicit path wins; a wrong one is an error, never a silent fallback
+    from_env = data_path is None and bool(os.environ.get(DATA_ENV_VAR))
+    if from_env:
+        data_path = os.environ[DATA_ENV_VAR]
+    if data_path is not None:
+        path = Path(data_path).expanduser()
+        if not path.exists():
+            via = f" (from {DATA_ENV_VAR})" if from_env else ""
+            raise FileNotFoundError(f"data path {path}{via} does not exist; {HOW_TO_GET_ESSAYS}")
+        kind = "folder" if path.is_dir() else "file"
+        return Source(f"{kind} {data_path}" + (f" (from {DATA_ENV_VAR})" if from_env else ""), path=path)
+    # 2) a copy of the Hub dataset saved by an earlier run
+    if cache_dir is not None and (cache_dir / HUB_CACHE_NAME).is_file():
+        return Source(f"Hub dataset {HUB_DATASET} (local copy {cache_dir / HUB_CACHE_NAME})",
+                      path=cache_dir / HUB_CACHE_NAME)
+    # 3) the Hub, only if asked and reachable
+    why = "the Hub was not tried (use_hub=False / --no-hub)"
+    if use_hub:
+        from data import hub  # here, not at the top: hub imports this module
+
+        source, why = hub.download(cache_dir, HUB_CACHE_NAME)
+        if source is not None:
+            return source
+    # 4) the stand-in sample, loudly
+    warnings.warn(f"USING THE BUNDLED SAMPLE CORPUS, NOT THE REAL ESSAYS: no data path was given, no local copy "
+                  f"was found and {why}. The sample is short stand-in text; to train on the real essays, "
+                  f"{HOW_TO_GET_ESSAYS}.", stacklevel=3)
+    return Source("bundled sample data/sample/ (stand-in text, not the essays)", path=SAMPLE_DIR)
