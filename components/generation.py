@@ -25,6 +25,9 @@ during generation, we keep a sliding window: drop the cache and re-prefill the l
 window of context, and the re-prefill costs one forward of context_length/2 tokens per
 context_length/2 generated tokens -- amortised, about one extra token's work per token.
 
+Entry points: `generate` (what `DeepSeekModel.generate` calls), `stream_tokens` (the same loop,
+one token at a time, for printing as you go or stopping on a decoded string), `beam_search`.
+
 Shapes: B batch rows, T prompt tokens, S tokens so far (prompt + generated), V vocabulary,
 N beams.
 """
@@ -215,15 +218,16 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def _check_prompt(model, idx: torch.Tensor) -> torch.Tensor:
     """Validate (B, T) token ids and crop them to the last context_length tokens (warn once)."""
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0 or idx.dtype != torch.long:
-        raise ValueError(f"idx must be a (B, T) long tensor with T >= 1; got "
-                         f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
+    if (not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0
+            or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool):
+        got = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1; got {got}")
     context = model.cfg.context_length
     if idx.shape[1] > context:
         warnings.warn(f"prompt has {idx.shape[1]} tokens, more than context_length={context}; "
                       f"cropping it to its last {context} tokens", stacklevel=3)
         idx = idx[:, -context:]
-    return idx.to(_model_device(model))
+    return idx.to(device=_model_device(model), dtype=torch.long)
 
 
 def _forward_last(model, idx: torch.Tensor, caches, absorb: bool) -> torch.Tensor:
@@ -270,7 +274,7 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: Samplin
             pad = torch.where(just_stopped, next_token, pad)
             finished |= just_stopped
         yield next_token, caches
-        if step == max_new_tokens - 1 or bool(finished.all()):
+        if step == max_new_tokens - 1 or (stops.numel() and bool(finished.all())):   # (one host sync)
             return
         # 4) decode step: feed only the new token; when the cache is full, slide the window
         if caches[0].length >= context:
@@ -291,8 +295,9 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     is cropped (with a warning), and then the output starts with the cropped prompt.
     With return_caches=True, returns (tokens, caches): the per-layer LayerCaches it used.
     """
+    stop_tokens = (stop_tokens,) if isinstance(stop_tokens, int) else tuple(stop_tokens or ())
     config = SamplingConfig(temperature, top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
-                            no_repeat_ngram_size, temperature_end, tuple(stop_tokens or ()), seed)
+                            no_repeat_ngram_size, temperature_end, stop_tokens, seed)
     prompt = _check_prompt(model, idx)                                          # (B, T'), T' <= context
     was_training = model.training
     model.eval()
@@ -338,7 +343,7 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
     prompt = _check_prompt(model, idx)
     if prompt.shape[0] != 1:
         raise ValueError(f"beam_search takes one prompt (1, T); got batch {prompt.shape[0]}")
-    stops = set(stop_tokens or ())
+    stops = {stop_tokens} if isinstance(stop_tokens, int) else set(stop_tokens or ())
     context = model.cfg.context_length
     was_training = model.training
     model.eval()
