@@ -117,7 +117,7 @@ class MultiHeadLatentAttention(nn.Module):
         v = self.w_uv(c_kv).view(B, S, H, self.v_head_dim)                # (B, S, H, V)  eq 11
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(B, S, H, self.rope_head_dim)], dim=-1)  # (B, S, H, D+R)
         q = torch.cat([q_nope, q_rope], dim=-1)                           # (B, T, H, D+R)
-        # SDPA keeps its softmax in fp32 for half-precision inputs (its kernels accumulate in fp32)
+        # SDPA's fused kernels keep the softmax in fp32 even for bf16/fp16 inputs
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),        # (B, H, T|S, .)
             attn_mask=causal_mask(T, S, q.device) if S > T else None, is_causal=S == T and T > 1,
