@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
+import secrets
 from contextlib import suppress
 from pathlib import Path
 
@@ -58,8 +58,10 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     """`torch.save(obj)` to `path` so that a crash at any moment leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # 1) temp file in the SAME directory: os.replace is only atomic within one filesystem
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # 1) temp file in the SAME directory: os.replace is only atomic within one filesystem.
+    #    (Not mkstemp: its 0600 mode would make every checkpoint private; 0666 & ~umask is the norm.)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -95,12 +97,18 @@ def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP(...) (.module) and torch.compile(...) (._orig_mod), in any nesting."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state_dict without wrapper prefixes, so any plain DeepSeekModel can load it."""
-    for attr in ("module", "_orig_mod"):            # DDP(...).module, torch.compile(...)._orig_mod
-        while hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
-            model = getattr(model, attr)
-    return {_strip_prefixes(k): v for k, v in model.state_dict().items()}
+    return {_strip_prefixes(k): v for k, v in unwrap(model).state_dict().items()}
 
 
 def _strip_prefixes(key: str) -> str:
@@ -143,7 +151,7 @@ def make_checkpoint(model: nn.Module, *, step: int, kind: str = "latest", train_
                     trainer: dict | None = None) -> dict:
     """Assemble the checkpoint dict (see the module docstring); pass what the kind needs."""
     state = clean_state_dict(model)
-    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
+    cfg = unwrap(model).cfg
     ckpt = {
         "format_version": FORMAT_VERSION,
         "kind": kind,
@@ -152,7 +160,7 @@ def make_checkpoint(model: nn.Module, *, step: int, kind: str = "latest", train_
         "train_config": train_config,
         "tokenizer": tokenizer_identity(),
         "step": int(step),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),      # TorchVersion is a str subclass: not plain data
         "trainer": trainer or {},
     }
     if optimizer is not None:
@@ -194,13 +202,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 
 def _describe_load_failure(path: Path, err: Exception) -> str:
     text = str(err)
-    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if "Weights only load failed" in text or unsafe:
-        what = f" (it references {unsafe.group(1)})" if unsafe else ""
-        return (f"refusing to load {path}: it contains pickled Python objects{what}, and unpickling them could run "
-                "arbitrary code; only load checkpoints saved by this project's Trainer (tensors + plain data)")
-    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return (f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {first_line[:120]}); "
+    # weights_only names the global it refused; garbage bytes fail in the same unpickler without one
+    unsafe = re.search(r"(?:Unsupported global|Unsupported class|Trying to call reduce for): ?(?:GLOBAL )?([\w.]+)",
+                       text)
+    if unsafe:
+        return (f"refusing to load {path}: it contains pickled Python objects (it references {unsafe.group(1)}), "
+                "and unpickling them could run arbitrary code; only load checkpoints saved by this project's "
+                "Trainer (tensors + plain data)")
+    detail = next((line.strip() for line in text.splitlines() if "Unpickler error" in line), "")
+    first_line = detail or (text.strip().splitlines()[0] if text.strip() else "")
+    return (f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {first_line[:100] or 'no detail'}); "
             "use another checkpoint (latest.pt / best_model.pt) or retrain")
 
 
@@ -222,10 +233,7 @@ def check_tokenizer(ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
 
 def load_model_state(model: nn.Module, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
     """Copy the checkpoint's weights into `model`, with a one-line error naming any mismatch."""
-    target = model
-    for attr in ("module", "_orig_mod"):
-        while isinstance(getattr(target, attr, None), nn.Module):
-            target = getattr(target, attr)
+    target = unwrap(model)
     cfg = getattr(target, "cfg", None)
     if cfg is not None:
         saved = dict(ckpt["model_config"])

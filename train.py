@@ -1,0 +1,276 @@
+"""Train a DeepSeek-style model on Paul Graham's essays from the command line.
+
+    python train.py                                   # SMALL preset, 10-minute budget, then samples
+    python train.py --preset tiny --max-steps 200     # seconds on a laptop
+    python train.py --set top_k=1 --set attention=mha # any ModelConfig/TrainConfig field, typed
+    python train.py --resume                          # continue the run in --out from latest.pt
+    torchrun --nproc_per_node 4 train.py --preset default   # DistributedDataParallel, same flags
+
+A thin layer over `trainer.Trainer`: it resolves the configs (printing them first), prepares the
+data, trains, and prints the final and best validation loss and a couple of samples. Every
+setting is checked before any work starts; a bad one prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import textwrap
+import types
+import typing
+import warnings
+from dataclasses import fields, replace
+from pathlib import Path
+
+from components.config import ModelConfig
+from constants import DATA_ENV_VAR, PRESETS, SEED
+from trainer import NonFiniteLossError, TrainConfig, config_field_types
+
+DEFAULT_PRESET = "small"
+DEFAULT_TIME_BUDGET_MIN = 10.0      # README promise: `python train.py` ends on a 2-core CPU in <= 15 min
+# flag -> TrainConfig field, for the flags that map one-to-one
+TRAIN_FLAGS = {"max_steps": "max_steps", "epochs": "epochs", "time_budget": "time_budget_min",
+               "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "eval_every": "eval_every",
+               "save_every": "save_every", "seed": "seed", "device": "device", "out": "out_dir"}
+
+
+class UsageError(ValueError):
+    """A bad flag or value: reported as one line, exit code 2, before any work starts."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the DeepSeek-from-scratch model (MLA + DeepSeekMoE) on Paul Graham's essays.",
+        epilog="Budgets: training stops at whichever of --max-steps, --epochs, --time-budget comes first. "
+               f"With none of them, `python train.py` trains the {DEFAULT_PRESET} preset for "
+               f"{DEFAULT_TIME_BUDGET_MIN:g} minutes (about 15 minutes in all on a 2-core CPU, with data "
+               "preparation, evaluation and samples). Budget flags replace the default budget (on --resume, the "
+               "checkpoint's budgets) together: --max-steps 500 alone means 500 steps, no time limit.\n"
+               "Examples: --set top_k=1  --set attention=mha  --set warmup_steps=50  --set q_latent_dim=None")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help=f"model size (default {DEFAULT_PRESET}; on --resume, the checkpoint's)")
+    p.add_argument("--data", metavar="PATH",
+                   help=f"essays: CSV/Parquet/JSONL with a text column, a .txt file or a folder of .txt files "
+                        f"(default: ${DATA_ENV_VAR}, then the local cache, the Hub, the bundled sample)")
+    p.add_argument("--cache-dir", metavar="DIR", help="token cache directory (default data/cache)")
+    p.add_argument("--out", metavar="DIR", help="checkpoints and metrics.jsonl go here (default checkpoints)")
+    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (see Budgets below)")
+    p.add_argument("--epochs", type=float, metavar="E", help="passes over the training tokens (default: no limit)")
+    p.add_argument("--time-budget", type=float, metavar="MIN",
+                   help=f"wall-clock minutes of training; the lr schedule is fitted to it "
+                        f"(default {DEFAULT_TIME_BUDGET_MIN:g} when no budget flag is given; 0 = no limit)")
+    p.add_argument("--batch-size", type=int, metavar="B", help="sequences per micro-batch (default 16)")
+    p.add_argument("--grad-accum", type=int, metavar="K", help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--eval-every", type=int, metavar="N", help="steps between validation runs (default 200)")
+    p.add_argument("--save-every", type=int, metavar="N", help="steps between latest.pt saves (default 200)")
+    p.add_argument("--seed", type=int, help=f"model init and batch order (default {SEED}; the split is fixed)")
+    p.add_argument("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any ModelConfig or TrainConfig field, typed by the field (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    return p
+
+
+# --- --set KEY=VALUE ------------------------------------------------------------------------
+
+def parse_value(text: str, annotation) -> object:
+    """Parse `text` as the field type: int, float, bool, str, tuples (comma-separated), X | None."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if type(None) in options and text.strip().lower() in ("none", "null"):
+        return None
+    kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is tuple:
+        inner = typing.get_args(kind)[0]
+        sep = "|" if inner is str else ","
+        return tuple(parse_value(part.strip() if inner is not str else part, inner) for part in text.split(sep))
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expects true/false, got {text!r}")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expects an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"expects a number, got {text!r}") from None
+    return text
+
+
+def parse_sets(items: list[str]) -> tuple[dict, dict]:
+    """['top_k=1', 'lr=3e-4'] -> (ModelConfig overrides, TrainConfig overrides); UsageError if bad."""
+    model_types, train_types = config_field_types(ModelConfig), config_field_types(TrainConfig)
+    model_over, train_over = {}, {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set top_k=1")
+        if key in model_types:
+            target, annotation = model_over, model_types[key]
+        elif key in train_types:
+            target, annotation = train_over, train_types[key]
+        else:
+            known = [f.name for f in fields(ModelConfig)] + [f.name for f in fields(TrainConfig)]
+            raise UsageError(f"--set {key}: unknown key; known keys: {', '.join(known)}")
+        try:
+            target[key] = parse_value(text, annotation)
+        except (ValueError, StopIteration) as err:
+            raise UsageError(f"--set {key}={text}: {err}") from None
+    return model_over, train_over
+
+
+# --- resolving the configs -------------------------------------------------------------------
+
+def resolve_configs(args) -> tuple[ModelConfig, TrainConfig, dict | None]:
+    """Preset + --set -> ModelConfig; defaults (or the checkpoint's) + flags -> TrainConfig."""
+    from checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+
+    model_over, train_over = parse_sets(args.set)
+    out_dir = args.out or "checkpoints"
+    resumed = None
+    if args.resume:
+        path = Path(out_dir) / "latest.pt"
+        try:
+            resumed = load_checkpoint(path)
+            saved_cfg = config_from_checkpoint(resumed, path)
+        except CheckpointError as err:
+            raise UsageError(f"--resume: {err}") from None
+        base_model = PRESETS[args.preset] if args.preset else saved_cfg
+        base_train = TrainConfig.from_dict(resumed["train_config"])
+    else:
+        base_model = PRESETS[args.preset or DEFAULT_PRESET]
+        base_train = TrainConfig(max_steps=None, time_budget_min=DEFAULT_TIME_BUDGET_MIN)
+    try:
+        model_cfg = replace(base_model, **model_over)
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if resumed is not None and model_cfg != saved_cfg:
+        diff = [k for k in saved_cfg.to_dict() if getattr(saved_cfg, k) != getattr(model_cfg, k)]
+        raise UsageError(f"--resume: {out_dir}/latest.pt was trained with a different model "
+                         f"({', '.join(diff)} differ); drop --preset/--set model keys, or train into a new --out")
+    flags = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    budgets = ("max_steps", "epochs", "time_budget_min")
+    if any(name in flags for name in budgets):     # budget flags replace the default/saved budgets together
+        flags = {name: None for name in budgets} | flags
+    if flags.get("time_budget_min") == 0:
+        flags["time_budget_min"] = None
+    if args.compile:
+        flags["compile"] = True
+    if args.quiet:
+        flags["quiet"] = True
+    flags["out_dir"] = out_dir
+    try:
+        train_cfg = replace(base_train, **(train_over | flags))
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    return model_cfg, train_cfg, resumed
+
+
+def describe(model_cfg: ModelConfig, train_cfg: TrainConfig, preset: str | None) -> str:
+    base = PRESETS.get(preset or "", None)
+    changed = {k: v for k, v in model_cfg.to_dict().items() if base is None or getattr(base, k) != v}
+    def wrap(values: dict) -> str:
+        return textwrap.fill(", ".join(f"{k}={v}" for k, v in values.items()), width=110,
+                             initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False)
+
+    title = f"model ({preset or 'from checkpoint'}{f'; overrides {changed}' if base and changed else ''}):"
+    return "\n".join([title, wrap(model_cfg.to_dict()), "train:", wrap(train_cfg.to_dict())])
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # 1) every setting is checked before any work starts
+    try:
+        model_cfg, train_cfg, resumed = resolve_configs(args)
+        from utils import pick_device
+
+        pick_device(train_cfg.device)
+    except (UsageError, ValueError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    from data import prepare_data
+    from trainer import Trainer, init_distributed
+    from utils import count_active_parameters, count_parameters
+
+    info = init_distributed(train_cfg.device)
+    say = print if info.is_main and not train_cfg.quiet else (lambda *a, **k: None)
+    say(describe(model_cfg, train_cfg, args.preset or (None if resumed else DEFAULT_PRESET)))
+    # 2) data (rank 0 tokenizes first; the others then read its cache)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            if info.enabled and not info.is_main:
+                _barrier()
+            prepared = prepare_data(args.data, context_length=model_cfg.context_length, cache_dir=args.cache_dir,
+                                    quiet=train_cfg.quiet or not info.is_main)
+            if info.enabled and info.is_main:
+                _barrier()
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    say(prepared.summary)
+    if resumed is None and info.is_main and (Path(train_cfg.out_dir) / "latest.pt").exists():
+        print(f"note: {train_cfg.out_dir} holds an earlier run; its checkpoints will be overwritten "
+              "(pass --resume to continue it instead)", file=sys.stderr)
+    # 3) train
+    trainer = None
+    try:
+        trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None)
+        model = trainer.raw_model
+        say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "
+            f"device {trainer.device} | {'fused' if trainer.fused else 'plain'} AdamW | "
+            f"{trainer.dist.world_size} process(es)")
+        summary = trainer.train()
+    except NonFiniteLossError as err:
+        print(f"train.py: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ntrain.py: interrupted; continue from the last save with: python train.py --out "
+              f"{train_cfg.out_dir} --resume", file=sys.stderr)
+        return 130
+    except (OSError, ValueError, RuntimeError) as err:
+        if trainer is None:      # a resume that does not fit the data or the model
+            print(f"train.py: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        if trainer is not None:
+            trainer.close()
+    # 4) what happened
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.4f}"
+
+    say(f"\ndone: {summary['steps']} steps ({summary['stopped_because']}), {summary['tokens']:,} tokens, "
+        f"{summary['tokens_per_s']:,.0f} tokens/s")
+    say(f"final val loss {fmt(summary['final_val_loss'])} | best val loss {fmt(summary['best_val_loss'])}")
+    say(f"checkpoints: {train_cfg.out_dir}/best_model.pt, {train_cfg.out_dir}/latest.pt; "
+        f"metrics: {summary['metrics_path']}")
+    for sample in summary["samples"]:
+        if sample.get("text") is not None:
+            text = re.sub(r"\s*\n\s*", "\n", sample["prompt"] + sample["text"]).strip()   # no runs of blank lines
+            say(f"\n--- {text}")
+    return 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
