@@ -193,3 +193,109 @@ def plot_total_vs_active_params(counts: dict, reported: dict | None = None,
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="upper left")
     return fig
+
+
+# --- chapter 8: ablations -------------------------------------------------------------------
+def plot_ablation_losses(losses: dict, title: str = "Validation loss per run",
+                         ylabel: str = "final validation loss (nats/token)"):
+    """Every seed's loss as a dot and the mean as a bar, one column per run: the seed spread in view.
+
+    losses: run name -> list of per-seed losses (from the ablation records).
+    """
+    fig, ax = _figure(width=max(6.4, 0.9 * len(losses) + 2.5), height=3.8)
+    names = list(losses)
+    for i, name in enumerate(names):
+        values = [v for v in losses[name] if v is not None]
+        if not values:
+            continue
+        mean = sum(values) / len(values)
+        ax.hlines(mean, i - 0.3, i + 0.3, color=f"C{i % 10}", linewidth=2.5,
+                  label="mean over seeds" if i == 0 else None)
+        ax.plot([i] * len(values), values, "o", color=f"C{i % 10}", markerfacecolor="none", markersize=6,
+                label="one seed" if i == 0 else None)
+    ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names), default=0) > 8 else 0,
+                  ha="right" if max(map(len, names), default=0) > 8 else "center", fontsize=8)
+    ax.set_xlabel("run")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _short_count(x: float) -> str:
+    """1234 -> '1,234', 126560 -> '126.6K', 2.5e6 -> '2.50M' (tick labels that still tell runs apart)."""
+    return f"{x:,.0f}" if x < 1e4 else f"{x / 1e3:.1f}K" if x < 1e6 else f"{x / 1e6:.2f}M"
+
+
+def plot_loss_vs_cost(points: list[dict], xlabel: str, title: str = "Validation loss vs cost",
+                      ylabel: str = "final validation loss (nats/token)", logx: bool = True):
+    """One marker per run at (cost, mean loss) with the seed std as an error bar; a legend names runs.
+
+    points: dicts with 'label', 'x' (e.g. KV-cache bytes per token), 'y' (mean loss), 'yerr' (std).
+    """
+    fig, ax = _figure(width=7.2, height=4.0)
+    markers = "osD^vP*Xhp"
+    for i, p in enumerate(points):
+        ax.errorbar(p["x"], p["y"], yerr=p.get("yerr") or 0.0, fmt=markers[i % len(markers)], color=f"C{i % 10}",
+                    capsize=3, markersize=7, label=p["label"])
+    xs = sorted({p["x"] for p in points})
+    if logx:
+        ax.set_xscale("log")
+    ax.minorticks_off()                                       # ticks at the runs' own costs, not 10^k
+    ax.set_xticks(xs, [_short_count(x) for x in xs], fontsize=8,
+                  rotation=30 if len(xs) > 2 else 0, ha="right" if len(xs) > 2 else "center")
+    span = max(xs) / min(xs) if min(xs) > 0 else 2.0
+    ax.set_xlim(min(xs) / span ** 0.08, max(xs) * span ** 0.08) if logx and span > 1 else None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def plot_expert_load_over_time(series: dict, title: str = "Expert load over training", smooth: int = 5):
+    """max_i(c_i) / mean_i(c_i) against training tokens, one line per run (1.0 = perfectly balanced).
+
+    series: run name -> (tokens, ratios). A centred moving average over `smooth` points tames the
+    step-to-step noise of one batch's counts; the raw values are drawn faintly behind it.
+    """
+    fig, ax = _figure(width=7.2, height=4.0)
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        if not xs:
+            continue
+        color = f"C{i % 10}"
+        ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+        half = max(0, smooth // 2)
+        smoothed = [sum(ys[max(0, j - half): j + half + 1]) / len(ys[max(0, j - half): j + half + 1])
+                    for j in range(len(ys))]
+        ax.plot(xs, smoothed, color=color, linewidth=1.8, label=name)
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("max / ideal expert load (ratio)")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0.9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def plot_expert_load_final(bars: list[dict], title: str = "Final expert load per run"):
+    """Bar per run: the final max/ideal load (seed mean, std as error bar); the dotted line is balance.
+
+    bars: dicts with 'label', 'y' and optionally 'yerr'.
+    """
+    fig, ax = _figure(width=max(6.4, 0.9 * len(bars) + 2.5), height=3.8)
+    labels = [b["label"] for b in bars]
+    ax.bar(range(len(bars)), [b["y"] for b in bars], yerr=[b.get("yerr") or 0.0 for b in bars], capsize=3,
+           color=[f"C{i % 10}" for i in range(len(bars))])
+    ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    long = max(map(len, labels), default=0) > 8
+    ax.set_xticks(range(len(bars)), labels, rotation=20 if long else 0, ha="right" if long else "center", fontsize=8)
+    ax.set_xlabel("run")
+    ax.set_ylabel("max / ideal expert load (ratio)")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
