@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ def _bytes_of_gpt2_symbol() -> dict[str, int]:
     return char_to_byte
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_tokenizer(encoder_path: str | None = None):
     """GPT-2 BPE as a `tiktoken.Encoding`, built offline from a local encoder.json.
 
@@ -152,7 +152,7 @@ def kv_cache_bytes(cfg, n_tokens: int, batch: int = 1, bytes_per_value: int = 2)
     """Cache bytes for `n_tokens` tokens over all layers (bf16 = 2 bytes per value by default)."""
     if cfg.attention == "linear":   # state S (H, D, D) and normaliser z (H, D), whatever n_tokens is
         per_layer = cfg.n_heads * (cfg.head_dim * cfg.head_dim + cfg.head_dim)
-        return per_layer * cfg.n_layers * batch * bytes_per_value
+        return per_layer * cfg.n_layers * batch * 4   # the running sums are always kept in fp32
     return kv_cache_values_per_token(cfg) * cfg.n_layers * n_tokens * batch * bytes_per_value
 
 

@@ -95,8 +95,10 @@ class MoE(nn.Module):
 
         # 4) gather tokens once (expert-contiguous), run each expert once on its slice
         expert_inputs = tokens.index_select(0, token_idx)                     # (M, D)
-        expert_outputs = [expert(chunk) for expert, chunk, n in zip(self.experts, expert_inputs.split(splits), splits)
-                          if n > 0]                                           # skip idle experts
+        expert_outputs = []
+        for expert, chunk in zip(self.experts, expert_inputs.split(splits), strict=True):
+            if chunk.shape[0]:                                                # idle experts: no zero-size calls
+                expert_outputs.append(expert(chunk))                          # (n_e, D)
         routed = torch.cat(expert_outputs) if expert_outputs else expert_inputs  # (M, D)
 
         # 5) weight and scatter back: ONE index_add_ sums the K contributions of every token

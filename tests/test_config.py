@@ -41,12 +41,13 @@ def test_error_is_one_line():
 
 
 def test_presets_have_the_book_sizes():
-    assert (SMALL.context_length, SMALL.d_model, SMALL.n_heads, SMALL.n_layers, SMALL.kv_latent_dim) == (128, 256, 4, 4, 64)
-    assert (SMALL.n_routed_experts, SMALL.n_shared_experts, SMALL.top_k, SMALL.expert_hidden_dim) == (4, 1, 2, 1024)
-    assert (DEFAULT.context_length, DEFAULT.d_model, DEFAULT.n_heads, DEFAULT.n_layers, DEFAULT.kv_latent_dim) == (256, 512, 8, 6, 128)
-    assert (DEFAULT.n_routed_experts, DEFAULT.n_shared_experts, DEFAULT.top_k, DEFAULT.expert_hidden_dim) == (8, 1, 2, 2048)
-    assert (LARGE.context_length, LARGE.d_model, LARGE.n_heads, LARGE.n_layers, LARGE.kv_latent_dim) == (512, 1024, 16, 12, 128)
-    assert (LARGE.n_routed_experts, LARGE.n_shared_experts, LARGE.top_k, LARGE.expert_hidden_dim) == (16, 2, 4, 4096)
+    def sizes(cfg):
+        return (cfg.context_length, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.kv_latent_dim,
+                cfg.n_routed_experts, cfg.n_shared_experts, cfg.top_k, cfg.expert_hidden_dim)
+
+    assert sizes(SMALL) == (128, 256, 4, 4, 64, 4, 1, 2, 1024)
+    assert sizes(DEFAULT) == (256, 512, 8, 6, 128, 8, 1, 2, 2048)
+    assert sizes(LARGE) == (512, 1024, 16, 12, 128, 16, 2, 4, 4096)
     for cfg in PRESETS.values():
         assert cfg.vocab_size == 50257
         assert cfg.nope_dim == cfg.value_dim == cfg.head_dim == cfg.d_model // cfg.n_heads

@@ -9,8 +9,13 @@ import torch
 from components.deepseek_model import DeepSeekModel
 from components.moe import MoE
 from constants import TINY
-from utils import (count_active_parameters, count_parameters, kv_cache_bytes, kv_cache_values_per_token,
-                   measured_cache_bytes)
+from utils import (
+    count_active_parameters,
+    count_parameters,
+    kv_cache_bytes,
+    kv_cache_values_per_token,
+    measured_cache_bytes,
+)
 
 SMALL_VOCAB = dataclasses.replace(TINY, vocab_size=256)   # fast variants for logic tests
 

@@ -58,6 +58,14 @@ def test_capacity_drops_exactly_the_late_slots():
     torch.testing.assert_close(y[0, 4:], moe.shared_experts[0](tokens[4:]), atol=1e-6, rtol=1e-5)
 
 
+def test_ample_capacity_drops_nothing():
+    moe = make_moe(capacity_factor=float(6 / 2))                       # C = N: no expert can overflow
+    x = torch.randn(2, 9, 16)
+    y, stats = moe(x)
+    assert stats.dropped_tokens.item() == 0
+    torch.testing.assert_close(y, moe_dense_reference(moe, x), atol=1e-5, rtol=1e-5)
+
+
 def test_capacity_bookkeeping_on_a_skewed_router():
     moe = make_moe(capacity_factor=1.25, use_bias=True)
     moe.router.bias.copy_(torch.tensor([0.3, 0.15, 0.0, 0.0, -0.1, -0.2]))
@@ -68,7 +76,7 @@ def test_capacity_bookkeeping_on_a_skewed_router():
     capacity = math.ceil(1.25 * 18 * 2 / 6)
     gates, seen, dropped = torch.zeros(18, 6), [0] * 6, 0
     for t in range(18):                                                 # token order = keep order
-        for e, w in zip(route.expert_ids[t].tolist(), route.weights[t].tolist()):
+        for e, w in zip(route.expert_ids[t].tolist(), route.weights[t].tolist(), strict=True):
             if seen[e] < capacity:
                 gates[t, e] = w
             else:

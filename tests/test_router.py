@@ -62,7 +62,7 @@ def test_bias_changes_selection_never_weights():
     router.bias[0] = 10.0
     out = router(x)
     assert set(out.expert_ids[0].tolist()) == {0, 3}
-    weight_of = dict(zip(out.expert_ids[0].tolist(), out.weights[0].tolist()))
+    weight_of = dict(zip(out.expert_ids[0].tolist(), out.weights[0].tolist(), strict=True))
     assert weight_of[0] == pytest.approx(0.1 / (0.1 + 0.8), abs=1e-6)
     assert weight_of[3] == pytest.approx(0.8 / (0.1 + 0.8), abs=1e-6)
     # a bias that keeps the same selection leaves the weights bit-identical
@@ -122,7 +122,7 @@ def hand_losses(rows, K, score, seq_len):
         T = len(tokens)
         f = [E / (K * T) * sum(i in picks[t] for t in tokens) for i in range(E)]
         P = [sum(probs[t][i] for t in tokens) / T for i in range(E)]
-        return sum(fi * pi for fi, pi in zip(f, P))
+        return sum(fi * pi for fi, pi in zip(f, P, strict=True))
 
     seqs = [list(range(s, s + seq_len)) for s in range(0, N, seq_len)]
     mean_p = [sum(p[i] for p in probs) / N for i in range(E)]
@@ -200,7 +200,7 @@ def test_group_limited_routing(score):
     grouped = key.view(50, 4, 2)
     group_score = grouped.amax(-1) if score == "softmax" else grouped.sum(-1)   # top-2 of 2 = the sum
     kept = group_score.topk(2, dim=-1).indices
-    for token_ids, token_groups in zip(ids.tolist(), kept.tolist()):
+    for token_ids, token_groups in zip(ids.tolist(), kept.tolist(), strict=True):
         assert {i // 2 for i in token_ids} <= set(token_groups)
 
 
