@@ -168,7 +168,7 @@ def test_tiny_model_overfits_one_batch():
     model = DeepSeekModel(TINY).train()
     idx = torch.randint(0, TINY.vocab_size, (4, 33))
     x, y = idx[:, :-1], idx[:, 1:]
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0, fused=True)
     for _ in range(300):
         _, loss, aux = model(x, targets=y)
         opt.zero_grad(set_to_none=True)
