@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     paths = [Path(p) for p in argv] or sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted(
         (ROOT / "notebooks" / "solutions").glob("*.ipynb"))
     for path in paths:
-        print(f"executing {path.relative_to(ROOT) if path.is_absolute() else path} ...", flush=True)
+        print(f"executing {path} ...", flush=True)
         print(f"  done in {run(path.resolve()):.1f} s", flush=True)
     return 0
 
