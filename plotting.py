@@ -239,7 +239,17 @@ def plot_loss_vs_cost(points: list[dict], xlabel: str, title: str = "Validation 
     for i, p in enumerate(points):
         ax.errorbar(p["x"], p["y"], yerr=p.get("yerr") or 0.0, fmt=markers[i % len(markers)], color=f"C{i % 10}",
                     capsize=3, markersize=7, label=p["label"])
+    import math
+
     xs = sorted({p["x"] for p in points})
+    if len(xs) > 1 and min(xs) > 0:                           # drop tick labels that would overlap
+        span = math.log(max(xs) / min(xs)) if logx else max(xs) - min(xs)
+        kept = [xs[0]]
+        for x in xs[1:]:
+            gap = math.log(x / kept[-1]) if logx else x - kept[-1]
+            if gap >= 0.05 * span:
+                kept.append(x)
+        xs = kept
     if logx:
         ax.set_xscale("log")
     ax.minorticks_off()                                       # ticks at the runs' own costs, not 10^k
@@ -255,11 +265,13 @@ def plot_loss_vs_cost(points: list[dict], xlabel: str, title: str = "Validation 
     return fig
 
 
-def plot_expert_load_over_time(series: dict, title: str = "Expert load over training", smooth: int = 5):
+def plot_expert_load_over_time(series: dict, title: str = "Expert load over training", smooth: int = 5,
+                               ceiling: float | None = None):
     """max_i(c_i) / mean_i(c_i) against training tokens, one line per run (1.0 = perfectly balanced).
 
     series: run name -> (tokens, ratios). A centred moving average over `smooth` points tames the
     step-to-step noise of one batch's counts; the raw values are drawn faintly behind it.
+    ceiling: E/K, the ratio of a fully collapsed router (every token to the same K experts), if shared.
     """
     fig, ax = _figure(width=7.2, height=4.0)
     for i, (name, (xs, ys)) in enumerate(series.items()):
@@ -272,6 +284,8 @@ def plot_expert_load_over_time(series: dict, title: str = "Expert load over trai
                     for j in range(len(ys))]
         ax.plot(xs, smoothed, color=color, linewidth=1.8, label=name)
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    if ceiling:
+        ax.axhline(ceiling, color="gray", linestyle="--", linewidth=1, label=f"collapse: E/K = {ceiling:g}")
     ax.set_xlabel("training tokens")
     ax.set_ylabel("max / ideal expert load (ratio)")
     ax.set_title(title)
@@ -281,16 +295,18 @@ def plot_expert_load_over_time(series: dict, title: str = "Expert load over trai
     return fig
 
 
-def plot_expert_load_final(bars: list[dict], title: str = "Final expert load per run"):
+def plot_expert_load_final(bars: list[dict], title: str = "Final expert load per run", ceiling: float | None = None):
     """Bar per run: the final max/ideal load (seed mean, std as error bar); the dotted line is balance.
 
-    bars: dicts with 'label', 'y' and optionally 'yerr'.
+    bars: dicts with 'label', 'y' and optionally 'yerr'; ceiling: E/K (full collapse), if shared by the runs.
     """
     fig, ax = _figure(width=max(6.4, 0.9 * len(bars) + 2.5), height=3.8)
     labels = [b["label"] for b in bars]
     ax.bar(range(len(bars)), [b["y"] for b in bars], yerr=[b.get("yerr") or 0.0 for b in bars], capsize=3,
            color=[f"C{i % 10}" for i in range(len(bars))])
     ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    if ceiling:
+        ax.axhline(ceiling, color="gray", linestyle="--", linewidth=1, label=f"collapse: E/K = {ceiling:g}")
     long = max(map(len, labels), default=0) > 8
     ax.set_xticks(range(len(bars)), labels, rotation=20 if long else 0, ha="right" if long else "center", fontsize=8)
     ax.set_xlabel("run")
@@ -298,4 +314,278 @@ def plot_expert_load_final(bars: list[dict], title: str = "Final expert load per
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+# --- chapters 6-7: training and inference ---------------------------------------------------
+def plot_training_curves(train_steps, train_loss, val_steps=None, val_loss=None, lr=None,
+                         baselines: dict | None = None, title: str = "Training on the essays"):
+    """Left: train and validation cross-entropy against optimizer step; right (if `lr`): the learning rate.
+
+    train_steps, train_loss: the 'train' rows of the Trainer's metrics (ce per logged step);
+    val_steps, val_loss: its 'eval' rows; lr: the learning rate at each train step;
+    baselines: label -> reference loss, each drawn as a dotted line (e.g. ln V, the loss of a uniform guess).
+    """
+    fig, axes = _figure(ncols=2 if lr is not None else 1, width=5.0 if lr is not None else 6.4, height=3.8)
+    ax = axes[0] if lr is not None else axes
+    ax.plot(list(train_steps), list(train_loss), color="C0", linewidth=1.2, label="train (batch ce)")
+    if val_steps is not None and len(val_steps):
+        ax.plot(list(val_steps), list(val_loss), "o-", color="C1", markersize=5, label="validation")
+    for i, (label, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, color=("gray", "black", "brown")[i % 3], linestyle=":", linewidth=1.2,
+                   label=f"{label} = {value:.2f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if lr is not None:
+        lr_ax = axes[1]
+        lr_ax.plot(list(train_steps), list(lr), ".-", color="C2", markersize=3)
+        lr_ax.set_xlabel("optimizer step")
+        lr_ax.set_ylabel("learning rate")
+        lr_ax.set_title("Warmup, then cosine decay")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        lr_ax.set_ylim(bottom=0)
+        lr_ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_next_token_distribution(token_labels, panels: dict, title: str = "Next-token distribution"):
+    """Grouped bars of next-token probabilities: one subplot per panel, one bar colour per setting.
+
+    token_labels: the tokens on the x axis (e.g. the model's most likely next tokens);
+    panels: panel title -> {setting label -> probability of each of those tokens}.
+    """
+    import numpy as np
+
+    fig, axes = _figure(ncols=len(panels), width=5.0 if len(panels) > 1 else 7.0, height=3.9)
+    axes = np.atleast_1d(axes)
+    x = np.arange(len(token_labels))
+    for ax, (panel, settings) in zip(axes, panels.items(), strict=True):
+        width = 0.8 / len(settings)
+        for i, (label, probs) in enumerate(settings.items()):
+            ax.bar(x + (i - (len(settings) - 1) / 2) * width, list(probs), width, color=f"C{i}", label=label)
+        ax.set_xticks(x, [repr(t) for t in token_labels], rotation=60, ha="right", fontsize=8)   # quotes show spaces
+        ax.set_xlabel("next token (most likely first)")
+        ax.set_ylabel("probability")
+        ax.set_title(panel, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_generation_cache_bytes(new_tokens, measured: dict, formula: dict | None = None,
+                                context_length: int | None = None, prompt_tokens: int = 0, unit: str = "KiB",
+                                title: str = "KV cache during one generation"):
+    """Cache bytes held after each generated token: measured markers, formula lines, the context limit.
+
+    new_tokens: generated-token counts (x); measured: label -> bytes read from the LayerCaches at
+    each x; formula: label -> bytes a cache without a window would hold (from `utils`), drawn dashed
+    in the matching colour; context_length and prompt_tokens place the line where the cache is full.
+    """
+    fig, ax = _figure(width=8.0, height=4.0)
+    scale = _BYTE_UNITS[unit]
+    xs = list(new_tokens)
+    for i, (label, values) in enumerate(measured.items()):
+        ax.plot(xs, [v / scale for v in values], "o", color=f"C{i}", markersize=3, label=f"{label} (measured)")
+        if formula and label in formula:
+            ax.plot(xs, [v / scale for v in formula[label]], "--", color=f"C{i}", linewidth=1,
+                    label=f"{label} (formula, no window)")
+    if context_length is not None:
+        full = context_length - prompt_tokens + 1      # the cache holds prompt + new - 1 tokens
+        ax.axvline(full, color="gray", linestyle=":", linewidth=1, label=f"cache full ({context_length} tokens)")
+    ax.set_xlabel("tokens generated")
+    ax.set_ylabel(f"cache size ({unit}), all layers")
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+# --- chapter 5: load balancing --------------------------------------------------------------
+def _as_array(x):
+    import numpy as np
+
+    return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+
+
+def _moving_average(values, window: int):
+    """Centred moving average along axis 0 (the window shrinks at the ends)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    half = max(0, window // 2)
+    return np.stack([values[max(0, i - half): i + half + 1].mean(0) for i in range(len(values))])
+
+
+def plot_routing_collapse(steps, counts, layer: int = -1, title: str = "Routing collapse without balancing"):
+    """Three panels from one run's per-step loads: (a) each expert's share of one layer's selections,
+    stacked; (b) max/ideal load per layer; (c) dead experts (no token this step) per layer.
+
+    steps: S optimizer steps; counts: (S, L, E) tokens_per_expert of every MoE layer at each step
+    (the Trainer's `expert_counts` rows); layer: which layer panel (a) shows.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    c = _as_array(counts)                                     # (S, L, E)
+    steps = np.asarray(steps)
+    n_layers, n_experts = c.shape[1], c.shape[2]
+    layer = layer % n_layers
+    fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.6), constrained_layout=True)
+    share = c[:, layer] / c[:, layer].sum(-1, keepdims=True)  # (S, E) fractions of the layer's N*K selections
+    cmap = plt.get_cmap("tab10" if n_experts <= 10 else "tab20")
+    axes[0].stackplot(steps, share.T, colors=[cmap(i % cmap.N) for i in range(n_experts)],
+                      labels=[f"expert {i}" for i in range(n_experts)])
+    for k in range(1, n_experts):
+        axes[0].axhline(k / n_experts, color="white", linewidth=0.4, alpha=0.6)
+    axes[0].set_xlim(steps[0], steps[-1])
+    axes[0].set_ylim(0, 1)
+    axes[0].set_xlabel("optimizer step")
+    axes[0].set_ylabel("share of the layer's selections")
+    axes[0].set_title(f"(a) who gets the tokens, MoE layer {layer}", fontsize=10)
+    axes[0].legend(fontsize=6, ncol=2, loc="upper left", framealpha=0.8)
+    ratio = c.max(-1) / c.mean(-1)                            # (S, L)
+    dead = (c == 0).sum(-1)                                   # (S, L)
+    for i in range(n_layers):
+        axes[1].plot(steps, ratio[:, i], color=f"C{i}", label=f"MoE layer {i}")
+        axes[2].plot(steps, dead[:, i], color=f"C{i}", label=f"MoE layer {i}", drawstyle="steps-mid")
+    axes[1].axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    axes[1].set_xlabel("optimizer step")
+    axes[1].set_ylabel("max / ideal expert load (ratio)")
+    axes[1].set_title("(b) the busiest expert", fontsize=10)
+    axes[1].set_ylim(bottom=0.9)
+    axes[1].legend(fontsize=7)
+    axes[2].set_xlabel("optimizer step")
+    axes[2].set_ylabel("dead experts (count)")
+    axes[2].set_title("(c) experts that got no token", fontsize=10)
+    axes[2].set_ylim(-0.2, n_experts)
+    axes[2].legend(fontsize=7)
+    for ax in axes[1:]:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_bias_balancing(loads, biases, maxvio_by_gamma: dict | None = None,
+                        title: str = "Aux-loss-free balancing on a fixed score distribution"):
+    """The sign rule on a toy: (a) tokens per expert vs update step, with the ideal N*K/E dashed;
+    (b) each expert's bias b_i; (c) optional, MaxVio vs step for several rates gamma (log y).
+
+    loads: (S, E) tokens_per_expert before each update; biases: (S, E) the bias used at each step;
+    maxvio_by_gamma: gamma -> S values of (max_i c_i - mean c) / mean c.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    loads, biases = _as_array(loads), _as_array(biases)
+    n_steps, n_experts = loads.shape
+    ncols = 3 if maxvio_by_gamma else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(10.0, 3.8), constrained_layout=True)
+    steps = np.arange(n_steps)
+    for i in range(n_experts):
+        axes[0].plot(steps, loads[:, i], color=f"C{i % 10}", linewidth=1.2, label=f"expert {i}")
+        axes[1].plot(steps, biases[:, i], color=f"C{i % 10}", linewidth=1.2)
+    axes[0].axhline(loads[0].mean(), color="black", linestyle="--", linewidth=1,
+                    label=f"ideal N*K/E = {loads[0].mean():.0f}")
+    axes[0].set_xlabel("bias update step")
+    axes[0].set_ylabel("tokens routed to the expert (count)")
+    axes[0].set_title("(a) expert loads", fontsize=10)
+    axes[0].legend(fontsize=6, ncol=2)
+    axes[1].axhline(0.0, color="black", linewidth=0.6)
+    axes[1].set_xlabel("bias update step")
+    axes[1].set_ylabel("selection bias b_i (score units)")
+    axes[1].set_title("(b) biases: b_i += gamma * sign(mean c - c_i)", fontsize=10)
+    if maxvio_by_gamma:
+        for j, (gamma, values) in enumerate(maxvio_by_gamma.items()):
+            axes[2].plot(np.arange(len(values)), np.maximum(np.asarray(values, dtype=float), 1e-3),
+                         color=f"C{j}", label=f"gamma = {gamma:g}")
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("bias update step")
+        axes[2].set_ylabel("MaxVio = (max c - mean c) / mean c")
+        axes[2].set_title("(c) speed vs. jitter of the rate gamma", fontsize=10)
+        axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_expert_utilization(loads_by_run: dict, top_k: int | None = None,
+                            title: str = "Expert utilization (load / ideal)"):
+    """One heatmap per run, layer x expert, of each expert's load divided by the ideal N*K/E.
+
+    loads_by_run: run name -> (L, E) token counts (e.g. summed over the last steps of a run);
+    top_k: K, to pin the colour scale's top at the collapse value E/K (every token on the same K).
+    White = perfectly balanced (1.0), red = overloaded, blue = starved, dark blue = dead (0).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    runs = {name: _as_array(c) for name, c in loads_by_run.items()}
+    first = next(iter(runs.values()))
+    n_layers, n_experts = first.shape
+    vmax = n_experts / top_k if top_k else max(float((c / c.mean(-1, keepdims=True)).max()) for c in runs.values())
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(vmax, 1.01))
+    height = 0.9 + len(runs) * (0.32 * n_layers + 0.55)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(8.0, max(3.6, height)), constrained_layout=True,
+                             squeeze=False)
+    image = None
+    for ax, (name, c) in zip(axes[:, 0], runs.items(), strict=True):
+        util = c / c.mean(-1, keepdims=True)                 # (L, E) load / ideal
+        image = ax.imshow(util, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
+        if n_experts <= 16:
+            for i in range(n_layers):
+                for e in range(n_experts):
+                    dark = util[i, e] < 0.25 or util[i, e] > 0.75 * norm.vmax
+                    ax.text(e, i, f"{util[i, e]:.1f}", ha="center", va="center", fontsize=7,
+                            color="white" if dark else "black")
+        ax.set_yticks(range(n_layers), [f"L{i}" for i in range(n_layers)], fontsize=8)
+        ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)] if ax is axes[-1, 0] else [],
+                      fontsize=8)
+        ax.set_ylabel("MoE layer", fontsize=8)
+        ax.set_title(f"{name}: max/ideal {util.max():.2f}, dead {int((c == 0).sum())}", fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("routed expert id")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="load / ideal (1 = balanced, 0 = dead)", shrink=0.9)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_load_balance_over_steps(series: dict, top_k: int | None = None, n_experts: int | None = None,
+                                 smooth: int = 5, title: str = "Expert load during training"):
+    """max_i(c_i) / mean_i(c_i) against the optimizer step, one panel per MoE layer, one line per run.
+
+    series: run name -> (steps, ratios) with ratios (S, L), the Trainer's `load_max_ratio` rows.
+    A centred moving average over `smooth` steps is drawn over the faint raw values; with top_k and
+    n_experts a dashed line marks full collapse, E/K (every token on the same K experts).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    arrays = {name: (np.asarray(s), _as_array(r)) for name, (s, r) in series.items()}
+    n_layers = next(iter(arrays.values()))[1].shape[1]
+    ncols = min(n_layers, 4)
+    shown = np.linspace(0, n_layers - 1, ncols).round().astype(int)   # at most 4 panels, first to last layer
+    fig, axes = plt.subplots(1, ncols, figsize=(10.0 if ncols > 1 else 6.4, 3.8), constrained_layout=True,
+                             sharey=True, squeeze=False)
+    for layer, ax in zip(shown, axes[0], strict=True):
+        for j, (name, (steps, ratios)) in enumerate(arrays.items()):
+            ax.plot(steps, ratios[:, layer], color=f"C{j}", alpha=0.25, linewidth=0.8)
+            ax.plot(steps, _moving_average(ratios[:, layer], smooth), color=f"C{j}", linewidth=1.8,
+                    label=name if ax is axes[0, 0] else None)
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=1,
+                   label="perfect balance" if ax is axes[0, 0] else None)
+        if top_k and n_experts:
+            ax.axhline(n_experts / top_k, color="gray", linestyle="--", linewidth=1,
+                       label=f"collapse E/K = {n_experts / top_k:g}" if ax is axes[0, 0] else None)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(f"MoE layer {layer}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("max / ideal expert load (ratio)")
+    axes[0, 0].set_ylim(bottom=0.9)
+    fig.legend(fontsize=8, loc="outside right center")
+    fig.suptitle(title)
     return fig

@@ -1,0 +1,245 @@
+"""Turn ablation records (`ablate.py`'s JSON files) into a Markdown table and plots.
+
+    python ablate.py report runs/ablations/latent [more dirs] [--out DIR]
+
+Per run (a variant over its seeds) the table gives the final validation loss as mean ± sample
+standard deviation (ddof=1) over seeds, and the min-max range next to it: with 2-3 seeds the std
+is a rough estimate, so read a difference as real only when it clearly exceeds both spreads.
+"Δ vs first" is the difference of means to the first run listed (the baseline of the study).
+Expert load is max_i(c_i) / mean_i(c_i) per MoE layer per step (1.0 = perfectly balanced),
+averaged over the main MoE layers (MTP layers excluded).
+
+Plots (PNG next to report.md): validation loss per run (every seed a dot), loss vs KV-cache
+bytes per token and vs active parameters (when the runs differ in them), and for MoE runs the
+max/ideal load over training and its final value per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load_records(dirs) -> list[dict]:
+    """Every record in the folders, in run order (study, then the order ablate.py ran them)."""
+    records = []
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                print(f"warning: {path} is not valid JSON; skipped", file=sys.stderr)
+                continue
+            if isinstance(record, dict) and "key" in record and "final_val_loss" in record:
+                records.append(record)
+    return sorted(records, key=lambda r: (r["study"], r.get("order", 0), r["name"], r["seed"]))
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, sample std (ddof=1; 0 for one value), min and max of a list of numbers."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main_layer_load(record: dict, which: str = "final_max_ratio") -> float | None:
+    """Mean over the main MoE layers of a per-layer load statistic (None for a dense model)."""
+    load = record.get("expert_load")
+    if not load:
+        return None
+    values = [v for name, v in zip(load["layers"], load[which], strict=True) if name.startswith("layer")]
+    return statistics.fmean(values) if values else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (study, run name): spreads over seeds of the numbers the table shows."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["study"], r["name"]), []).append(r)
+    rows = []
+    for (study, name), group in groups.items():
+        first = group[0]
+        dead = [sum(v for n, v in zip(r["expert_load"]["layers"], r["expert_load"]["final_dead_experts"],
+                                      strict=True) if n.startswith("layer")) if r.get("expert_load") else None
+                for r in group]
+        rows.append({
+            "study": study, "name": name, "overrides": first["overrides"], "seeds": [r["seed"] for r in group],
+            "val_loss": spread([r["final_val_loss"] for r in group]),
+            "val_losses": [r["final_val_loss"] for r in group],
+            "best_val_loss": spread([r["best_val_loss"] for r in group]),
+            "kv_bytes_bf16": first["kv_cache_bytes_per_token"]["bf16"],
+            "active_non_embedding": first["params"]["active_non_embedding"],
+            "active": first["params"]["active"], "total": first["params"]["total"],
+            "load_final": spread([main_layer_load(r) for r in group]),
+            "load_mean": spread([main_layer_load(r, "mean_max_ratio") for r in group]),
+            "dead_final": spread(dead),
+            "collapse_ratio": (first["model_config"]["n_routed_experts"] / first["model_config"]["top_k"]
+                               if first["model_config"]["ffn"] == "moe" else None),
+            "tokens": first["budget"]["tokens"], "tokens_per_s": spread([r["tokens_per_s"] for r in group]),
+            "wall_time_s": spread([r["wall_time_s"] for r in group]),
+        })
+    return rows
+
+
+def _pm(s: dict, digits: int = 3) -> str:
+    return "–" if s["mean"] is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _range(s: dict, digits: int = 3) -> str:
+    return "–" if s["mean"] is None else f"{s['min']:.{digits}f}–{s['max']:.{digits}f}"
+
+
+COLUMNS = ("run", "seeds", "val loss (mean ± std)", "min–max", "Δ vs first", "KV cache B/token (bf16)",
+           "active params (non-emb.)", "total params", "max/ideal load, final", "max/ideal, run mean",
+           "dead experts", "tokens/s")
+
+
+def table_cells(rows: list[dict]) -> list[dict]:
+    """Each row's formatted cells by column name; Δ is the difference of means to the first row."""
+    base = rows[0]["val_loss"]["mean"] if rows else None
+    cells = []
+    for row in rows:
+        mean = row["val_loss"]["mean"]
+        delta = mean - base if base is not None and mean is not None else None
+        dead = row["dead_final"]["mean"]
+        values = (row["name"], len(row["seeds"]), _pm(row["val_loss"]), _range(row["val_loss"]),
+                  "–" if delta is None else f"{delta:+.3f}", f"{row['kv_bytes_bf16']:,}",
+                  f"{row['active_non_embedding']:,}", f"{row['total']:,}", _pm(row["load_final"], 2),
+                  _pm(row["load_mean"], 2), "–" if dead is None else f"{dead:.1f}",
+                  f"{row['tokens_per_s']['mean']:,.0f}")
+        cells.append(dict(zip(COLUMNS, map(str, values), strict=True)))
+    return cells
+
+
+def markdown_table(rows: list[dict], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The study table (all COLUMNS, or the ones named): mean ± std (ddof=1) over seeds, min-max, Δ."""
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; choose from {COLUMNS}")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cells[c] for c in columns) + " |" for cells in table_cells(rows)]
+    return "\n".join(lines)
+
+
+def load_series(records: list[dict], name: str) -> tuple[list, list]:
+    """Seed-mean over time of the main-layer-mean max/ideal load of one run (x = training tokens)."""
+    per_seed = []
+    for r in records:
+        if r["name"] != name or not r.get("expert_load"):
+            continue
+        layers = r["expert_load"]["layers"]
+        per_seed.append([(p["tokens"], statistics.fmean(v for n, v in zip(layers, p["max_ratio"], strict=True)
+                                                        if n.startswith("layer"))) for p in r["expert_load"]["series"]])
+    if not per_seed:
+        return [], []
+    n = min(len(s) for s in per_seed)
+    return [per_seed[0][i][0] for i in range(n)], [statistics.fmean(s[i][1] for s in per_seed) for i in range(n)]
+
+
+PLOTS = ("val_loss_by_run.png", "loss_vs_kv_cache.png", "loss_vs_active_params.png", "expert_load_over_time.png",
+         "expert_load_final.png")
+
+
+def make_plots(records: list[dict], rows: list[dict], out: Path, title: str) -> list[str]:
+    """Save the study's PNGs into `out`; return their file names."""
+    import matplotlib.pyplot as plt  # each figure is saved and closed: nothing is shown
+
+    import plotting
+
+    saved = []
+    for stale in PLOTS:                                              # plots of an earlier report of this folder
+        (out / stale).unlink(missing_ok=True)
+
+    def save(fig, name):
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        saved.append(name)
+
+    save(plotting.plot_ablation_losses({r["name"]: r["val_losses"] for r in rows}, title=f"{title}: validation loss"),
+         "val_loss_by_run.png")
+    for key, name, xlabel, what in (
+            ("kv_bytes_bf16", "loss_vs_kv_cache.png", "KV cache per token, all layers (bytes, bf16)", "KV cache"),
+            ("active_non_embedding", "loss_vs_active_params.png",
+             "active parameters per token, output head excluded (count)", "active parameters")):
+        values = [r[key] for r in rows]
+        if min(values) > 0 and max(values) / min(values) > 1.05:       # runs that really differ in this cost
+            points = [{"label": r["name"], "x": r[key], "y": r["val_loss"]["mean"], "yerr": r["val_loss"]["std"]}
+                      for r in rows]
+            save(plotting.plot_loss_vs_cost(points, xlabel=xlabel, title=f"{title}: loss vs {what}"),
+                 name)
+    moe_rows = [r for r in rows if r["load_final"]["mean"] is not None]
+    if moe_rows:
+        ceilings = {r["collapse_ratio"] for r in moe_rows}
+        ceiling = ceilings.pop() if len(ceilings) == 1 else None
+        series = {r["name"]: load_series(records, r["name"]) for r in moe_rows}
+        save(plotting.plot_expert_load_over_time(series, title=f"{title}: expert load over training",
+                                                 ceiling=ceiling), "expert_load_over_time.png")
+        bars = [{"label": r["name"], "y": r["load_final"]["mean"], "yerr": r["load_final"]["std"]} for r in moe_rows]
+        save(plotting.plot_expert_load_final(bars, title=f"{title}: final expert load", ceiling=ceiling),
+             "expert_load_final.png")
+    return saved
+
+
+def write_report(dirs, out, plots: bool = True) -> Path:
+    """report.md (+ PNGs) in `out` from the records in `dirs`; returns the report's path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(dirs)
+    if not records:
+        raise ValueError(f"no ablation records (*.json with a 'key') in {', '.join(map(str, dirs))}")
+    parts = []
+    for study in dict.fromkeys(r["study"] for r in records):
+        recs = [r for r in records if r["study"] == study]
+        rows = summarize(recs)
+        first = recs[0]
+        version = first["code_version"]
+        if not isinstance(version, str):
+            version = version["commit"][:10] + (" (dirty)" if version["dirty"] else "")
+        machine = first["machine"]
+        parts += [f"## {study}", "",
+                  f"Budget: {first['budget']['tokens']:,} training tokens per run "
+                  f"({first['budget']['steps']} steps of {first['budget']['tokens_per_step']:,}); "
+                  f"{machine['device']} {machine['dtype']}, {machine['threads']} thread(s), torch {machine['torch']}; "
+                  f"code {version}. Spread: mean ± sample std (ddof=1) over seeds, and min–max.", ""]
+        if first.get("command"):
+            parts += ["```", first["command"], "```", ""]
+        parts += [markdown_table(rows), ""]
+        if plots:
+            sub = out if len({r["study"] for r in records}) == 1 else out / study
+            sub.mkdir(parents=True, exist_ok=True)
+            for name in make_plots(recs, rows, sub, study):
+                rel = (sub / name).relative_to(out)
+                parts.append(f"![{name}]({rel.as_posix()})")
+            parts.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ablate.py report", description="Markdown table and plots from ablation records")
+    p.add_argument("dirs", nargs="+", help="folders holding ablate.py's JSON records")
+    p.add_argument("--out", help="where report.md and the PNGs go (default: the first folder)")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        print(f"ablate.py report: error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        path = write_report(args.dirs, args.out or args.dirs[0], plots=not args.no_plots)
+    except ValueError as err:
+        print(f"ablate.py report: error: {err}", file=sys.stderr)
+        return 2
+    print(path.read_text())
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
