@@ -421,12 +421,14 @@ def _moving_average(values, window: int):
     return np.stack([values[max(0, i - half): i + half + 1].mean(0) for i in range(len(values))])
 
 
-def plot_routing_collapse(steps, counts, layer: int = -1, title: str = "Routing collapse without balancing"):
+def plot_routing_collapse(steps, counts, layer: int = -1, top_k: int | None = None,
+                          title: str = "Routing collapse without balancing"):
     """Three panels from one run's per-step loads: (a) each expert's share of one layer's selections,
     stacked; (b) max/ideal load per layer; (c) dead experts (no token this step) per layer.
 
     steps: S optimizer steps; counts: (S, L, E) tokens_per_expert of every MoE layer at each step
-    (the Trainer's `expert_counts` rows); layer: which layer panel (a) shows.
+    (the Trainer's `expert_counts` rows); layer: the layer of panel (a); top_k: K, to mark the
+    collapse value E/K in panel (b).
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -435,25 +437,29 @@ def plot_routing_collapse(steps, counts, layer: int = -1, title: str = "Routing 
     steps = np.asarray(steps)
     n_layers, n_experts = c.shape[1], c.shape[2]
     layer = layer % n_layers
-    fig, axes = plt.subplots(1, 3, figsize=(10.0, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(10.0, 4.0), constrained_layout=True)
     share = c[:, layer] / c[:, layer].sum(-1, keepdims=True)  # (S, E) fractions of the layer's N*K selections
     cmap = plt.get_cmap("tab10" if n_experts <= 10 else "tab20")
     axes[0].stackplot(steps, share.T, colors=[cmap(i % cmap.N) for i in range(n_experts)],
-                      labels=[f"expert {i}" for i in range(n_experts)])
-    for k in range(1, n_experts):
+                      labels=[str(i) for i in range(n_experts)])
+    for k in range(1, n_experts):                             # the fair shares k/E, faintly
         axes[0].axhline(k / n_experts, color="white", linewidth=0.4, alpha=0.6)
     axes[0].set_xlim(steps[0], steps[-1])
     axes[0].set_ylim(0, 1)
     axes[0].set_xlabel("optimizer step")
     axes[0].set_ylabel("share of the layer's selections")
     axes[0].set_title(f"(a) who gets the tokens, MoE layer {layer}", fontsize=10)
-    axes[0].legend(fontsize=6, ncol=2, loc="upper left", framealpha=0.8)
+    axes[0].legend(title="expert", fontsize=7, title_fontsize=7, ncol=min(n_experts, 8), loc="upper center",
+                   bbox_to_anchor=(0.5, -0.18), columnspacing=0.8, handlelength=1.0, frameon=False)
     ratio = c.max(-1) / c.mean(-1)                            # (S, L)
     dead = (c == 0).sum(-1)                                   # (S, L)
     for i in range(n_layers):
         axes[1].plot(steps, ratio[:, i], color=f"C{i}", label=f"MoE layer {i}")
         axes[2].plot(steps, dead[:, i], color=f"C{i}", label=f"MoE layer {i}", drawstyle="steps-mid")
     axes[1].axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    if top_k:
+        axes[1].axhline(n_experts / top_k, color="gray", linestyle="--", linewidth=1,
+                        label=f"collapse E/K = {n_experts / top_k:g}")
     axes[1].set_xlabel("optimizer step")
     axes[1].set_ylabel("max / ideal expert load (ratio)")
     axes[1].set_title("(b) the busiest expert", fontsize=10)
@@ -470,48 +476,52 @@ def plot_routing_collapse(steps, counts, layer: int = -1, title: str = "Routing 
     return fig
 
 
-def plot_bias_balancing(loads, biases, maxvio_by_gamma: dict | None = None,
+def plot_bias_balancing(loads, biases, maxvio_by_gamma: dict | None = None, first: int | None = None,
                         title: str = "Aux-loss-free balancing on a fixed score distribution"):
     """The sign rule on a toy: (a) tokens per expert vs update step, with the ideal N*K/E dashed;
     (b) each expert's bias b_i; (c) optional, MaxVio vs step for several rates gamma (log y).
 
     loads: (S, E) tokens_per_expert before each update; biases: (S, E) the bias used at each step;
-    maxvio_by_gamma: gamma -> S values of (max_i c_i - mean c) / mean c.
+    maxvio_by_gamma: gamma -> S values of (max_i c_i - mean c) / mean c; first: show only the first
+    `first` steps in panels (a) and (b) (panel (c) always shows all).
     """
     import matplotlib.pyplot as plt
     import numpy as np
 
     loads, biases = _as_array(loads), _as_array(biases)
     n_steps, n_experts = loads.shape
+    shown = min(first or n_steps, n_steps)
     ncols = 3 if maxvio_by_gamma else 2
     fig, axes = plt.subplots(1, ncols, figsize=(10.0, 3.8), constrained_layout=True)
-    steps = np.arange(n_steps)
+    steps = np.arange(shown)
     for i in range(n_experts):
-        axes[0].plot(steps, loads[:, i], color=f"C{i % 10}", linewidth=1.2, label=f"expert {i}")
-        axes[1].plot(steps, biases[:, i], color=f"C{i % 10}", linewidth=1.2)
+        axes[0].plot(steps, loads[:shown, i], color=f"C{i % 10}", linewidth=1.2, label=f"expert {i}")
+        axes[1].plot(steps, biases[:shown, i], color=f"C{i % 10}", linewidth=1.2)
     axes[0].axhline(loads[0].mean(), color="black", linestyle="--", linewidth=1,
                     label=f"ideal N*K/E = {loads[0].mean():.0f}")
-    axes[0].set_xlabel("bias update step")
     axes[0].set_ylabel("tokens routed to the expert (count)")
     axes[0].set_title("(a) expert loads", fontsize=10)
     axes[0].legend(fontsize=6, ncol=2)
     axes[1].axhline(0.0, color="black", linewidth=0.6)
-    axes[1].set_xlabel("bias update step")
     axes[1].set_ylabel("selection bias b_i (score units)")
     axes[1].set_title("(b) biases: b_i += gamma * sign(mean c - c_i)", fontsize=10)
     if maxvio_by_gamma:
         for j, (gamma, values) in enumerate(maxvio_by_gamma.items()):
             axes[2].plot(np.arange(len(values)), np.maximum(np.asarray(values, dtype=float), 1e-3),
-                         color=f"C{j}", label=f"gamma = {gamma:g}")
+                         color=f"C{j}", linewidth=0.9, label=f"gamma = {gamma:g}")
         axes[2].set_yscale("log")
-        axes[2].set_xlabel("bias update step")
         axes[2].set_ylabel("MaxVio = (max c - mean c) / mean c")
         axes[2].set_title("(c) speed vs. jitter of the rate gamma", fontsize=10)
         axes[2].legend(fontsize=7)
     for ax in axes:
+        ax.set_xlabel("bias update step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     return fig
+
+
+def _cell_label(value: float) -> str:
+    return "0" if value == 0 else "<.1" if value < 0.05 else f"{value:.1f}"
 
 
 def plot_expert_utilization(loads_by_run: dict, top_k: int | None = None,
@@ -520,36 +530,45 @@ def plot_expert_utilization(loads_by_run: dict, top_k: int | None = None,
 
     loads_by_run: run name -> (L, E) token counts (e.g. summed over the last steps of a run);
     top_k: K, to pin the colour scale's top at the collapse value E/K (every token on the same K).
-    White = perfectly balanced (1.0), red = overloaded, blue = starved, dark blue = dead (0).
+    White = perfectly balanced (1.0), red = overloaded, blue = starved, "0" = dead (no token at all).
+    Up to two runs side by side, more in a grid of two columns.
     """
+    import math
+
     import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
 
     runs = {name: _as_array(c) for name, c in loads_by_run.items()}
-    first = next(iter(runs.values()))
-    n_layers, n_experts = first.shape
-    vmax = n_experts / top_k if top_k else max(float((c / c.mean(-1, keepdims=True)).max()) for c in runs.values())
+    n_layers, n_experts = next(iter(runs.values())).shape
+    utils = {name: c / c.mean(-1, keepdims=True) for name, c in runs.items()}     # (L, E) load / ideal
+    vmax = n_experts / top_k if top_k else max(float(u.max()) for u in utils.values())
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(vmax, 1.01))
-    height = 0.9 + len(runs) * (0.32 * n_layers + 0.55)
-    fig, axes = plt.subplots(len(runs), 1, figsize=(8.0, max(3.6, height)), constrained_layout=True,
+    ncols = 1 if len(runs) == 1 else 2
+    nrows = math.ceil(len(runs) / ncols)
+    height = 1.3 + nrows * (0.36 * n_layers + 0.7)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(10.0 if ncols == 2 else 6.4, height), constrained_layout=True,
                              squeeze=False)
     image = None
-    for ax, (name, c) in zip(axes[:, 0], runs.items(), strict=True):
-        util = c / c.mean(-1, keepdims=True)                 # (L, E) load / ideal
+    for k, (name, util) in enumerate(utils.items()):
+        ax = axes[k // ncols, k % ncols]
         image = ax.imshow(util, cmap="RdBu_r", norm=norm, aspect="auto", interpolation="nearest")
         if n_experts <= 16:
             for i in range(n_layers):
                 for e in range(n_experts):
-                    dark = util[i, e] < 0.25 or util[i, e] > 0.75 * norm.vmax
-                    ax.text(e, i, f"{util[i, e]:.1f}", ha="center", va="center", fontsize=7,
+                    dark = util[i, e] < 0.3 or util[i, e] > 0.6 * norm.vmax
+                    ax.text(e, i, _cell_label(util[i, e]), ha="center", va="center", fontsize=7,
                             color="white" if dark else "black")
         ax.set_yticks(range(n_layers), [f"L{i}" for i in range(n_layers)], fontsize=8)
-        ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)] if ax is axes[-1, 0] else [],
-                      fontsize=8)
-        ax.set_ylabel("MoE layer", fontsize=8)
-        ax.set_title(f"{name}: max/ideal {util.max():.2f}, dead {int((c == 0).sum())}", fontsize=9, loc="left")
-    axes[-1, 0].set_xlabel("routed expert id")
-    fig.colorbar(image, ax=axes[:, 0].tolist(), label="load / ideal (1 = balanced, 0 = dead)", shrink=0.9)
+        ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)], fontsize=7)
+        ax.set_title(f"{name}: max/ideal {util.max():.2f}, {int((runs[name] == 0).sum())} dead", fontsize=9,
+                     loc="left")
+        if k % ncols == 0:
+            ax.set_ylabel("MoE layer", fontsize=8)
+        if k // ncols == nrows - 1:
+            ax.set_xlabel("routed expert id", fontsize=8)
+    for k in range(len(utils), nrows * ncols):                # an odd number of runs leaves one empty slot
+        axes[k // ncols, k % ncols].axis("off")
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="load / ideal (1 = balanced)", shrink=0.9)
     fig.suptitle(title)
     return fig
 
@@ -560,7 +579,8 @@ def plot_load_balance_over_steps(series: dict, top_k: int | None = None, n_exper
 
     series: run name -> (steps, ratios) with ratios (S, L), the Trainer's `load_max_ratio` rows.
     A centred moving average over `smooth` steps is drawn over the faint raw values; with top_k and
-    n_experts a dashed line marks full collapse, E/K (every token on the same K experts).
+    n_experts a dashed line marks full collapse, E/K (every token on the same K experts). At most
+    four panels: the first and last layers and evenly spaced ones between.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -568,19 +588,19 @@ def plot_load_balance_over_steps(series: dict, top_k: int | None = None, n_exper
     arrays = {name: (np.asarray(s), _as_array(r)) for name, (s, r) in series.items()}
     n_layers = next(iter(arrays.values()))[1].shape[1]
     ncols = min(n_layers, 4)
-    shown = np.linspace(0, n_layers - 1, ncols).round().astype(int)   # at most 4 panels, first to last layer
+    shown = np.linspace(0, n_layers - 1, ncols).round().astype(int)
     fig, axes = plt.subplots(1, ncols, figsize=(10.0 if ncols > 1 else 6.4, 3.8), constrained_layout=True,
                              sharey=True, squeeze=False)
     for layer, ax in zip(shown, axes[0], strict=True):
+        first = ax is axes[0, 0]
         for j, (name, (steps, ratios)) in enumerate(arrays.items()):
             ax.plot(steps, ratios[:, layer], color=f"C{j}", alpha=0.25, linewidth=0.8)
             ax.plot(steps, _moving_average(ratios[:, layer], smooth), color=f"C{j}", linewidth=1.8,
-                    label=name if ax is axes[0, 0] else None)
-        ax.axhline(1.0, color="black", linestyle=":", linewidth=1,
-                   label="perfect balance" if ax is axes[0, 0] else None)
+                    label=name if first else None)
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance" if first else None)
         if top_k and n_experts:
             ax.axhline(n_experts / top_k, color="gray", linestyle="--", linewidth=1,
-                       label=f"collapse E/K = {n_experts / top_k:g}" if ax is axes[0, 0] else None)
+                       label=f"collapse E/K = {n_experts / top_k:g}" if first else None)
         ax.set_xlabel("optimizer step")
         ax.set_title(f"MoE layer {layer}", fontsize=10)
         ax.grid(alpha=0.3)
