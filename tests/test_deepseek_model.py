@@ -177,3 +177,53 @@ def test_tiny_model_overfits_one_batch():
         if aux["ce"].item() < 1.0:
             break
     assert aux["ce"].item() < 1.0
+
+
+def test_fused_head_cross_entropy_equals_linear_plus_cross_entropy():
+    """head_cross_entropy (the fp32 CPU training path) == F.linear + F.cross_entropy: values and gradients."""
+    import torch.nn.functional as F
+
+    from components.deepseek_model import head_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(12, 8, requires_grad=True)
+    weight = torch.randn(37, 8, requires_grad=True)                 # odd V: the logits rows are padded
+    targets = torch.randint(0, 37, (12,))
+    probe = torch.randn(12, 37)                                      # a second use of the logits
+    loss, logits = head_cross_entropy(hidden, weight, targets)
+    ((loss * 3.0) + (logits * probe).sum()).backward()
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    ref_weight = weight.detach().clone().requires_grad_()
+    ref_logits = F.linear(ref_hidden, ref_weight)
+    ref_loss = F.cross_entropy(ref_logits, targets)
+    ((ref_loss * 3.0) + (ref_logits * probe).sum()).backward()
+    torch.testing.assert_close(logits, ref_logits)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad)
+    torch.testing.assert_close(weight.grad, ref_weight.grad)
+    assert logits.view(-1, 37).shape == (12, 37)
+
+
+def test_model_loss_is_the_same_with_and_without_the_fused_head():
+    model = _model(SMALL_VOCAB).train()
+    idx = torch.randint(0, SMALL_VOCAB.vocab_size, (2, 16))
+    targets = torch.randint(0, SMALL_VOCAB.vocab_size, (2, 16))
+    logits, loss, _ = model(idx, targets)                            # fused (fp32 CPU)
+    loss.backward()
+    fused_grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    ignored = targets.clone()
+    ignored[0, 0] = -100                                             # ignore_index: the plain path
+    _, plain_loss, _ = model(idx, ignored)
+    plain_logits = model(idx)[0]
+    torch.testing.assert_close(logits, plain_logits)
+    weights = torch.ones(32)
+    weights[0] = 0.0
+    expected = (torch.nn.functional.cross_entropy(plain_logits.flatten(0, 1), targets.flatten(), reduction="none")
+                * weights).sum() / 31
+    torch.testing.assert_close(plain_loss, expected)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(idx)[0].flatten(0, 1), targets.flatten()).backward()
+    plain_grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for fused, plain in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
