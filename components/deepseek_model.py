@@ -32,7 +32,6 @@ from components.multi_token_prediction import MultiTokenPrediction
 from components.router import Router
 from components.transformer_block import TransformerBlock
 
-
 LOGITS_ROW_ALIGN = 16       # floats: 64 bytes, one cache line / one AVX-512 register
 
 
