@@ -139,6 +139,7 @@ def test_hub_unreachable_fails_fast(monkeypatch):
 
 def test_hub_unreachable_or_failing_falls_back_to_sample(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)   # CI sets both
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     with pytest.warns(UserWarning, match="did not answer.*BUNDLED|BUNDLED.*did not answer"):
         assert "sample" in prepare_data(cache_dir=tmp_path, quiet=True).summary.source
@@ -163,6 +164,7 @@ def test_hub_download_is_saved_then_reused(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     monkeypatch.setattr(hub, "hub_reachable", lambda *a: True)
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)   # CI sets both
     first = prepare_data(cache_dir=tmp_path, quiet=True)
     assert calls == [(HUB_DATASET, "train")] and "saved to" in first.summary.source
     assert (tmp_path / sources.HUB_CACHE_NAME).is_file()
