@@ -191,18 +191,19 @@ def keep_freed_memory_in_heap() -> bool:
     glibc serves every block above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps
     it on free. A SMALL step allocates several such blocks anew every step: the (B*T, V) logits,
     log-probabilities and their gradient (206 MB each at 1024 x 50257 fp32), the (V, D) gradients.
-    Each first touch of a fresh page is a page fault plus zeroing by the kernel: we measured about
-    160 ms per 206 MB on a 2-core CPU, as much as computing the logits. With a high mmap threshold
-    and no trimming the blocks stay in the heap and are reused from the second step on (what jemalloc
-    or tcmalloc, PyTorch's recommended CPU allocators, do anyway). The cost: the process keeps its
-    peak memory until it exits. Returns False where this is not glibc (macOS, Windows, musl): a no-op.
+    Each first touch of a fresh page is a page fault plus zeroing by the kernel (measured: a fresh
+    206 MB buffer costs 60-160 ms more to fill than a reused one). With a high mmap threshold and no
+    trimming, freed blocks stay in the heap and are reused from the second step on (what jemalloc or
+    tcmalloc, the allocators PyTorch's CPU tuning guide recommends, do anyway): SMALL trains ~25%
+    faster on a 2-core CPU (benchmarks/train.py). The cost: the process keeps its peak memory until
+    it exits. Process-wide; returns False where this is not glibc (macOS, Windows, musl): a no-op.
     """
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                # <malloc.h>
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
 
 
 def load_stats(counts: torch.Tensor) -> dict:

@@ -276,3 +276,13 @@ def test_resume_refuses_a_different_model(tmp_path):
     Trainer(tiny_cfg(), train_cfg(tmp_path, max_steps=1), train_ids=TRAIN_IDS).train()
     with pytest.raises(checkpoint.CheckpointError, match=r"different model config: d_model=64 \(model has 128\)"):
         Trainer(tiny_cfg(d_model=128), train_cfg(tmp_path, max_steps=2), train_ids=TRAIN_IDS, resume=True)
+
+
+def test_keep_freed_memory_in_heap_is_safe_to_call_repeatedly():
+    """The CPU allocator setting the Trainer applies: a bool (False off glibc), idempotent, training unaffected."""
+    from trainer import keep_freed_memory_in_heap
+
+    first, second = keep_freed_memory_in_heap(), keep_freed_memory_in_heap()
+    assert isinstance(first, bool) and first == second
+    big = torch.ones(64 * 2**20 // 4)          # 64 MB: above glibc's default mmap threshold
+    assert float(big.sum()) == big.numel()

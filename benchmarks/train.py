@@ -1,0 +1,417 @@
+"""Training throughput and MFU: our DeepSeekModel vs Hugging Face DeepseekV3ForCausalLM, same config.
+
+    python -m benchmarks.train [--json OUT] [--quick] [--compile] [--profile]
+
+SMALL preset, batch 8 x 128 tokens, CPU fp32, 2 threads. One training step, on both sides:
+forward, cross-entropy over the vocabulary, backward, gradient clipping (norm 1.0, as the
+Trainer does) and a fused AdamW step with the Trainer's settings and decay groups.
+HF is built at the equivalent configuration (REFERENCE.md §4: hidden 256, 4 heads, q_lora_rank None,
+kv_lora_rank 64, qk_nope 64, qk_rope 32, v_head_dim 64, 4 routed experts top-2 + 1 shared,
+intermediate_size = our dense FFN width, first_k_dense_replace 1, tied embeddings,
+attn_implementation "sdpa") and holds OUR weights: its loss is checked equal to ours before timing,
+so both route the same tokens to the same experts. Its experts implementation is the fastest of
+those that run on CPU (timed here, see HF_EXPERTS).
+
+    tokens/s  = B*T / median step time (steps timed round-robin, ours then HF, after a warmup)
+    train_vs_hf = ours / HF
+    MFU       = 6 * N_active * tokens/s / peak
+N_active = utils.count_active_parameters (matmul weights one token's forward touches: attention,
+dense FFN, K routed + shared experts, routers, the output head; not the embedding lookup),
+6 = 2 FLOPs per multiply-add x (forward + 2 backward matmuls). Attention's own T^2 FLOPs are not
+counted (PaLM convention without the attention term; under 2% here). `peak` is measured in the
+same run: the best of several 2048^3 fp32 matmuls on the same threads, before, between and after.
+
+Fairness notes. Both sides cycle through the same few random batches (one repeated batch gets
+memorised and makes exp() run on denormals, see `run`). `trainer.keep_freed_memory_in_heap` (what
+the Trainer does on CPU) is process-wide, so HF gets it too. On a shared machine the median moves
+with the load: the fastest step of each side and the load average are printed as well.
+`--compile` also times torch.compile(ours) and reports its compile time (the Trainer's default is
+eager, so the targets are judged on eager).
+
+The breakdown times extra steps with module hooks (not the timed ones): forward per part,
+backward per part (full backward hooks), and the optimizer (clip + AdamW).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from components.deepseek_model import DeepSeekModel
+from constants import SMALL, TINY
+from trainer import TrainConfig, keep_freed_memory_in_heap, make_optimizer
+from utils import count_active_parameters
+
+# HF experts implementations that run on CPU (transformers/integrations/moe.py; deepgemm/sonicmoe need
+# CUDA). batched_mm gathers one weight matrix per (token, slot) (GBs at these sizes; benchmarks/moe.py).
+HF_EXPERTS = ("eager", "grouped_mm", "batched_mm")
+HF_DEFAULT_EXPERTS = ("eager", "grouped_mm")
+BATCH_POOL = 8
+
+
+# --- the machine's peak ------------------------------------------------------------------------
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` fp32 GFLOP/s of a square matmul on the current threads (2 n^3 FLOPs each)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    torch.mm(a, b, out=out)                                      # warm the BLAS
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+# --- the two models ----------------------------------------------------------------------------
+
+def hf_config(cfg, experts_implementation: str):
+    from transformers import DeepseekV3Config
+
+    hf_cfg = DeepseekV3Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.dense_ffn_dim,
+        moe_intermediate_size=cfg.expert_hidden_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads, q_lora_rank=cfg.q_latent_dim,
+        kv_lora_rank=cfg.kv_latent_dim, qk_nope_head_dim=cfg.nope_dim, qk_rope_head_dim=cfg.rope_dim,
+        v_head_dim=cfg.value_dim, n_routed_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.top_k,
+        n_group=1, topk_group=1, n_shared_experts=cfg.n_shared_experts, routed_scaling_factor=cfg.route_scale,
+        norm_topk_prob=True, first_k_dense_replace=cfg.n_dense_layers, max_position_embeddings=cfg.context_length,
+        rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, rope_interleave=True,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attention_dropout=0.0)
+    hf_cfg._attn_implementation = "sdpa"
+    hf_cfg._experts_implementation = experts_implementation
+    return hf_cfg
+
+
+@torch.no_grad()
+def copy_into_hf(ours: DeepSeekModel, hf) -> None:
+    """Our weights into HF's names (REFERENCE.md §4.2), so that both compute the same function."""
+    cfg = ours.cfg
+    H, D, R, V = cfg.n_heads, cfg.nope_dim, cfg.rope_dim, cfg.value_dim
+
+    def per_head(a, a_dim, b, b_dim):                             # rows per head [a | b]
+        return torch.cat([a.view(H, a_dim, -1), b.view(H, b_dim, -1)], dim=1).reshape(H * (a_dim + b_dim), -1)
+
+    def copy_swiglu(dst, src):
+        dst.gate_proj.weight.copy_(src.w_gate.weight)
+        dst.up_proj.weight.copy_(src.w_up.weight)
+        dst.down_proj.weight.copy_(src.w_down.weight)
+
+    hf.model.embed_tokens.weight.copy_(ours.embed.weight)
+    hf.model.norm.weight.copy_(ours.norm.weight)
+    if not cfg.tie_embeddings:
+        hf.lm_head.weight.copy_(ours.head.weight)
+    for block, layer in zip(ours.blocks, hf.model.layers, strict=True):
+        layer.input_layernorm.weight.copy_(block.attn_norm.weight)
+        layer.post_attention_layernorm.weight.copy_(block.ffn_norm.weight)
+        attn, hf_attn = block.attn, layer.self_attn
+        hf_attn.q_proj.weight.copy_(per_head(attn.w_q.weight, D, attn.w_qr.weight, R))
+        hf_attn.kv_a_proj_with_mqa.weight.copy_(torch.cat([attn.w_dkv.weight, attn.w_kr.weight]))
+        hf_attn.kv_a_layernorm.weight.copy_(attn.kv_norm.weight)
+        hf_attn.kv_b_proj.weight.copy_(per_head(attn.w_uk.weight, D, attn.w_uv.weight, V))
+        hf_attn.o_proj.weight.copy_(attn.w_o.weight)
+        if not block.is_moe:
+            copy_swiglu(layer.mlp, block.ffn)
+            continue
+        moe, hf_moe = block.ffn, layer.mlp
+        hf_moe.gate.weight.copy_(moe.router.gate.weight)
+        hf_moe.gate.e_score_correction_bias.copy_(moe.router.bias)
+        for e, expert in enumerate(moe.experts):
+            hf_moe.experts.gate_up_proj[e].copy_(torch.cat([expert.w_gate.weight, expert.w_up.weight], 0))
+            hf_moe.experts.down_proj[e].copy_(expert.w_down.weight)
+        copy_swiglu(hf_moe.shared_experts, moe.shared_experts[0])
+
+
+def build_hf(ours: DeepSeekModel, experts_implementation: str):
+    from transformers import DeepseekV3ForCausalLM
+
+    if ours.cfg.attention != "mla" or ours.cfg.q_latent_dim is not None or ours.cfg.n_shared_experts != 1:
+        raise ValueError("the HF side is mapped for MLA without query compression and one shared expert")
+    hf = DeepseekV3ForCausalLM(hf_config(ours.cfg, experts_implementation))
+    copy_into_hf(ours, hf)
+    return hf.train()
+
+
+# --- one training step ---------------------------------------------------------------------------
+
+class Side:
+    """A model, its fused AdamW (the Trainer's groups and settings) and its loss call."""
+
+    def __init__(self, name: str, model: nn.Module, loss_fn, train_cfg: TrainConfig) -> None:
+        self.name, self.model, self.loss_fn = name, model, loss_fn
+        self.optimizer, self.fused = make_optimizer(model, train_cfg)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grad_clip = train_cfg.grad_clip
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One full optimizer step; returns its wall time in seconds."""
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+
+def ours_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def hf_loss(model, x, y):
+    # shift_labels: our targets are already the next tokens, so HF scores the same B*T positions
+    return model(input_ids=x, labels=y, shift_labels=y).loss
+
+
+# --- where the time goes (ours) -------------------------------------------------------------------
+
+def breakdown(side: Side, batches, steps: int) -> dict[str, float]:
+    """Median milliseconds per part of our step, from module hooks on `steps` extra steps.
+
+    Forward and backward of the embedding, attention (with its pre-norm), MoE and dense FFN (with
+    theirs) are timed by module hooks. The output head and the cross-entropy run as one autograd
+    node in training (components.deepseek_model.head_cross_entropy), so "head_and_loss" is timed
+    from the final norm's output to the loss (forward) and from the loss to the final norm's
+    gradient (backward). "other" is the rest: final norm, residual adds, balance bookkeeping;
+    in the backward also the embedding's scatter into the (V, D) table and its sum with the tied
+    head's gradient.
+    """
+    model = side.model
+    parts: dict[nn.Module, str] = {model.embed: "embedding"}
+    for block in model.blocks:
+        parts[block.attn_norm] = parts[block.attn] = "attention"
+        parts[block.ffn_norm] = parts[block.ffn] = "moe" if block.is_moe else "dense_ffn"
+    clock: dict[str, float] = defaultdict(float)
+    started: dict[tuple[int, str], float] = {}
+    marks: dict[str, float] = {}
+    handles = []
+
+    def begin(module, key):
+        started[(id(module), key)] = time.perf_counter()
+
+    def end(module, key, part):
+        clock[f"{key}_{part}"] += time.perf_counter() - started.pop((id(module), key))
+
+    def mark(name):
+        marks[name] = time.perf_counter()
+
+    for module, part in parts.items():
+        handles.append(module.register_forward_pre_hook(lambda m, a: begin(m, "fwd")))
+        handles.append(module.register_forward_hook(lambda m, a, o, part=part: end(m, "fwd", part)))
+        if module is not model.embed:                 # its input (token ids) has no gradient
+            handles.append(module.register_full_backward_pre_hook(lambda m, g: begin(m, "bwd")))
+            handles.append(module.register_full_backward_hook(lambda m, gi, go, part=part: end(m, "bwd", part)))
+    handles.append(model.norm.register_forward_hook(lambda m, a, o: mark("norm_out")))
+    handles.append(model.norm.register_full_backward_pre_hook(lambda m, g: mark("norm_grad")))
+    names = ("embedding", "attention", "dense_ffn", "moe")
+    rows = []
+    try:
+        for step in range(steps):
+            x, y = batches[step % len(batches)]
+            clock.clear()
+            side.optimizer.zero_grad(set_to_none=True)
+            t0 = time.perf_counter()
+            loss = side.loss_fn(model, x, y)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(side.params, side.grad_clip)
+            side.optimizer.step()
+            t3 = time.perf_counter()
+            row = {f"forward_{p}": clock[f"fwd_{p}"] for p in names}
+            row["forward_head_and_loss"] = t1 - marks["norm_out"]
+            row["forward_other"] = (t1 - t0) - sum(row.values())
+            row["backward_head_and_loss"] = marks["norm_grad"] - t1
+            row |= {f"backward_{p}": clock[f"bwd_{p}"] for p in names[1:]}
+            row["backward_other"] = (t2 - t1) - sum(v for k, v in row.items() if k.startswith("backward_"))
+            row |= {"forward_total": t1 - t0, "backward_total": t2 - t1, "optimizer": t3 - t2, "step_total": t3 - t0}
+            rows.append(row)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: 1e3 * statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def profile_table(side: Side, batches, steps: int = 3, rows: int = 30) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for step in range(steps):
+            side.step(*batches[step % len(batches)])
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeats: int | None = None,
+        hf_experts: tuple[str, ...] = HF_DEFAULT_EXPERTS, compile_ours: bool = False,
+        profile: bool = False, batch_size: int | None = None) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    heap = keep_freed_memory_in_heap()                    # as the Trainer does on CPU; process-wide: HF too
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None   # other processes (ours adds ~2)
+    cfg = replace(TINY, vocab_size=512) if quick else SMALL
+    B = batch_size or (2 if quick else 8)
+    T = cfg.context_length
+    warmup = warmup if warmup is not None else (1 if quick else 3)
+    repeats = repeats if repeats is not None else (2 if quick else 10)
+    train_cfg = TrainConfig()
+
+    ours = DeepSeekModel(cfg).train()
+    # A few different random batches, cycled: training on one repeated batch makes the model memorise
+    # it within steps, pushes most log-probabilities below -87 and times exp() on denormals and
+    # underflows (several times slower), which real training on text does not see.
+    batches = [(torch.randint(cfg.vocab_size, (B, T)), torch.randint(cfg.vocab_size, (B, T)))
+               for _ in range(BATCH_POOL)]
+    x, y = batches[0]
+    sides = {"ours": Side("ours", ours, ours_loss, train_cfg)}
+
+    # HF: every CPU experts implementation is checked against our loss, the fastest one is kept
+    with torch.no_grad():
+        reference_loss = ours(x, y)[1].item()
+    candidates = {}
+    for implementation in hf_experts:
+        try:
+            hf = build_hf(ours, implementation)
+            with torch.no_grad():
+                hf_value = hf_loss(hf, x, y).item()
+            if not math.isclose(hf_value, reference_loss, rel_tol=1e-4):
+                raise AssertionError(f"HF loss {hf_value:.6f} != ours {reference_loss:.6f}")
+            candidates[implementation] = Side(f"hf_{implementation}", hf, hf_loss, train_cfg)
+        except Exception as error:                         # report, keep benchmarking the others
+            print(f"HF experts implementation {implementation!r} skipped: {type(error).__name__}: {error}")
+    if not candidates:
+        raise RuntimeError("no HF experts implementation ran; is transformers installed?")
+    hf_trial = {}
+    for implementation, side in candidates.items():       # a short trial picks the fastest
+        side.step(x, y)
+        hf_trial[implementation] = min(side.step(*batches[i]) for i in range(1 if quick else 3))
+    best_impl = min(hf_trial, key=hf_trial.get)
+    sides["hf"] = candidates[best_impl]
+
+    compile_s = None
+    if compile_ours:
+        compiled = torch.compile(ours)
+        sides["ours_compiled"] = Side("ours_compiled", compiled, ours_loss, train_cfg)
+        start = time.perf_counter()
+        sides["ours_compiled"].step(x, y)
+        compile_s = time.perf_counter() - start
+
+    # peak: measured before, between and after the timed rounds; the best is the machine's peak
+    peak_size = 512 if quick else 2048
+    peaks = [matmul_peak_gflops(peak_size)]
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(warmup + repeats):
+        for name, side in sides.items():
+            seconds = side.step(*batches[round_ % len(batches)])       # both sides: the same batch
+            if round_ >= warmup:
+                times[name].append(seconds)
+        if round_ == warmup + repeats // 2:
+            peaks.append(matmul_peak_gflops(peak_size))
+    peaks.append(matmul_peak_gflops(peak_size))
+    peak = max(peaks)
+
+    n_tokens = B * T
+    active = count_active_parameters(ours)
+    tokens_per_s = {name: n_tokens / statistics.median(t) for name, t in times.items()}
+    best_tokens_per_s = {name: n_tokens / min(t) for name, t in times.items()}
+    parts = breakdown(sides["ours"], batches, steps=2 if quick else 5)
+    result = {
+        "train_vs_hf": tokens_per_s["ours"] / tokens_per_s["hf"],
+        "mfu": 6 * active * tokens_per_s["ours"] / (peak * 1e9),
+        "ours_tokens_per_s": tokens_per_s["ours"],
+        "hf_tokens_per_s": tokens_per_s["hf"],
+        "peak_gflops": peak,
+        "active_params": active,
+        "hf_mfu": 6 * active * tokens_per_s["hf"] / (peak * 1e9),
+        # the fastest step of each side: on a shared machine, the closest to an unloaded one
+        "best_tokens_per_s": best_tokens_per_s,
+        "train_vs_hf_best": best_tokens_per_s["ours"] / best_tokens_per_s["hf"],
+        "mfu_best": 6 * active * best_tokens_per_s["ours"] / (peak * 1e9),
+        "hf_experts_implementation": best_impl,
+        "hf_trial_ms": {k: 1e3 * v for k, v in hf_trial.items()},
+        "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
+        "breakdown_ms": parts,
+        "peak_gflops_samples": peaks,
+        "config": {"preset": "TINY(vocab 512)" if quick else "SMALL", "batch_size": B, "context_length": T,
+                   "tokens_per_step": n_tokens, "threads": threads, "warmup": warmup, "repeats": repeats,
+                   "dtype": "float32", "device": "cpu", "torch": torch.__version__, "freed_memory_kept_in_heap": heap,
+                   "load_average_before": load_before,
+                   "fused_adamw": {name: side.fused for name, side in sides.items()},
+                   "total_params": sum(p.numel() for p in ours.parameters())},
+    }
+    if compile_ours:
+        result["ours_compiled_tokens_per_s"] = tokens_per_s["ours_compiled"]
+        result["compiled_vs_hf"] = tokens_per_s["ours_compiled"] / tokens_per_s["hf"]
+        result["compiled_mfu"] = 6 * active * tokens_per_s["ours_compiled"] / (peak * 1e9)
+        result["compile_s"] = compile_s
+    if profile:
+        result["profile"] = profile_table(sides["ours"], batches)
+    return result
+
+
+def report(result: dict) -> None:
+    c = result["config"]
+    print(f"Training step (forward, CE, backward, clip, fused AdamW), {c['preset']}, batch {c['batch_size']} x "
+          f"{c['context_length']}, fp32 CPU, {c['threads']} threads, median of {c['repeats']} interleaved steps")
+    print(f"  peak (best fp32 matmul)   {result['peak_gflops']:8.1f} GFLOP/s   samples "
+          + ", ".join(f"{p:.1f}" for p in result["peak_gflops_samples"]))
+    print(f"  active parameters         {result['active_params']:,} (of {c['total_params']:,})")
+    print(f"  ours                      {result['ours_tokens_per_s']:8,.0f} tokens/s  "
+          f"({result['median_ms']['ours']:.1f} ms/step)  MFU {result['mfu']:.3f}")
+    print(f"  HF ({result['hf_experts_implementation']:<10})           {result['hf_tokens_per_s']:8,.0f} tokens/s  "
+          f"({result['median_ms']['hf']:.1f} ms/step)  MFU {result['hf_mfu']:.3f}   trial ms "
+          + ", ".join(f"{k} {v:.0f}" for k, v in result["hf_trial_ms"].items()))
+    if "ours_compiled_tokens_per_s" in result:
+        print(f"  ours, torch.compile       {result['ours_compiled_tokens_per_s']:8,.0f} tokens/s  "
+              f"MFU {result['compiled_mfu']:.3f}  (compile + first step {result['compile_s']:.1f} s)")
+    print(f"  train_vs_hf = {result['train_vs_hf']:.3f}   (target >= 1.15)")
+    print(f"  mfu         = {result['mfu']:.3f}   (target >= 0.55)")
+    best = result["best_tokens_per_s"]
+    load = ", ".join(f"{v:.2f}" for v in c["load_average_before"] or ())
+    print(f"  fastest steps: ours {best['ours']:,.0f}, HF {best['hf']:,.0f} tokens/s -> ratio "
+          f"{result['train_vs_hf_best']:.3f}, MFU {result['mfu_best']:.3f}   (load average before: {load})")
+    parts = result["breakdown_ms"]
+    total = parts["step_total"]
+    print(f"  where our step goes (hooked steps, {total:.1f} ms median):")
+    for name, ms in parts.items():
+        print(f"    {name:<32} {ms:7.1f} ms  {100 * ms / total:5.1f}%")
+    if "profile" in result:
+        print(result["profile"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="TINY model, few steps: a smoke run, not a measurement")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--hf-experts", nargs="*", default=list(HF_DEFAULT_EXPERTS), choices=HF_EXPERTS,
+                        help="HF experts implementations to try; the fastest is compared (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (and its compile time)")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our step")
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                 hf_experts=tuple(args.hf_experts), compile_ours=args.compile, profile=args.profile,
+                 batch_size=args.batch_size)
+    report(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({k: v for k, v in result.items() if k != "profile"}, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
