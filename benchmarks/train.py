@@ -269,7 +269,7 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
 
     ours = DeepSeekModel(cfg).train()
     # A few different random batches, cycled: training on one repeated batch makes the model memorise
-    # it within steps, pushes most log-probabilities below -87 and times exp() on denormals and
+    # it within steps, pushes many log-probabilities below -87 and times exp() on denormals and
     # underflows (several times slower), which real training on text does not see.
     batches = [(torch.randint(cfg.vocab_size, (B, T)), torch.randint(cfg.vocab_size, (B, T)))
                for _ in range(BATCH_POOL)]
