@@ -89,7 +89,7 @@ def test_pickled_objects_are_refused_and_never_run(tmp_path):
         load_model(path)
     assert not marker.exists()
     # the file really is dangerous: a plain unpickling load runs the payload
-    torch.load(path, weights_only=False)
+    torch.load(path, weights_only=False)  # unsafe on purpose: shows what weights_only=True prevents
     assert marker.exists()
 
 
