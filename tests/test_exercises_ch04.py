@@ -1,9 +1,9 @@
 """Chapter 4 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
 
-import pytest
 import torch
 
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
+from exercises import FAIL, check_exercise
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers (the same as the solutions notebook) ------------------------------------
@@ -64,9 +64,6 @@ def ffn_counts_all_experts_active(cfg):
     return total, total
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
 
 CORRECT = {"4.1": sigmoid_topk_weights, "4.2": dense_moe_combine, "4.3": ffn_parameter_counts}
 WRONG = [
@@ -78,22 +75,8 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CORRECT[exercise_id], verbose=False) == PASS
-
-
-@pytest.mark.parametrize(("exercise_id", "wrong_fn", "hint"), WRONG, ids=[w[1].__name__ for w in WRONG])
-def test_wrong_answer_fails_with_a_hint(exercise_id, wrong_fn, hint, capsys):
-    assert check_exercise(exercise_id, wrong_fn, verbose=False) == FAIL
-    check_exercise(exercise_id, wrong_fn, verbose=True)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"Exercise {exercise_id}: FAIL") and hint in printed
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():

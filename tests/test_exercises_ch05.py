@@ -1,9 +1,9 @@
 """Chapter 5 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
 
-import pytest
 import torch
 
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
+from exercises import FAIL, check_exercise
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers (the same as the solutions notebook) ------------------------------------
@@ -71,9 +71,6 @@ def max_violation_flattened(tokens_per_expert):
     return (load.max() - load.mean()) / load.mean()
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
 
 CORRECT = {"5.1": expert_balance_loss, "5.2": lfb_bias_update, "5.3": max_violation}
 WRONG = [
@@ -89,22 +86,8 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CORRECT[exercise_id], verbose=False) == PASS
-
-
-@pytest.mark.parametrize(("exercise_id", "wrong_fn", "hint"), WRONG, ids=[w[1].__name__ for w in WRONG])
-def test_wrong_answer_fails_with_a_hint(exercise_id, wrong_fn, hint, capsys):
-    assert check_exercise(exercise_id, wrong_fn, verbose=False) == FAIL
-    check_exercise(exercise_id, wrong_fn, verbose=True)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"Exercise {exercise_id}: FAIL") and hint in printed
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():

@@ -2,9 +2,8 @@
 
 import math
 
-import pytest
-
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
+from exercises import FAIL, check_exercise
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers (the same as the solutions notebook) ------------------------------------
@@ -69,9 +68,6 @@ def cosine_to_zero(step, warmup_steps, horizon, min_lr_ratio):
     return lr_multiplier(step, warmup_steps, horizon, 0.0) if step < (horizon or math.inf) else min_lr_ratio
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
 
 CORRECT = {"6.1": block_parameter_count, "6.2": perplexity_and_bits, "6.3": lr_multiplier}
 WRONG = [
@@ -84,22 +80,8 @@ WRONG = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize("exercise_id", sorted(CORRECT))
-def test_correct_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CORRECT[exercise_id], verbose=False) == PASS
-
-
-@pytest.mark.parametrize(("exercise_id", "wrong_fn", "hint"), WRONG, ids=[w[1].__name__ for w in WRONG])
-def test_wrong_answer_fails_with_a_hint(exercise_id, wrong_fn, hint, capsys):
-    assert check_exercise(exercise_id, wrong_fn, verbose=False) == FAIL
-    check_exercise(exercise_id, wrong_fn, verbose=True)
-    printed = capsys.readouterr().out
-    assert printed.startswith(f"Exercise {exercise_id}: FAIL") and hint in printed
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():
