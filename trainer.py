@@ -10,8 +10,9 @@ Per optimizer step (the unit that `max_steps`, the schedule and the logs count):
 The learning rate warms up linearly, then follows a cosine down to min_lr_ratio * lr:
     lr(s) = lr * (s+1)/W                                         s < W
     lr(s) = lr * (m + (1-m) * (1 + cos(pi * (s-W)/(H-W))) / 2)   W <= s < H, then m * lr
-with W warmup steps (at most H/10), H the horizon (max_steps, or the steps the epoch budget allows;
-with a wall-clock budget, fitted to the step time measured over the first 10 steps) and
+with W warmup steps (at most H/10, fixed once H is first known), H the horizon (max_steps, or the
+steps the epoch budget allows; with a wall-clock budget, fitted to the measured step rate after 10
+steps and refitted after 20, 40, 80, ... as the rate settles: see `fit_time_horizon`) and
 m = min_lr_ratio. AdamW decays only matrices: norms, biases and the embedding (also the tied
 output head) are left alone, because pulling a gain or a token's vector toward zero is not
 regularisation, it is damage.
@@ -46,7 +47,8 @@ from data import TrainBatches, eval_batches
 from utils import pick_device, set_seed
 
 DTYPES = ("auto", "fp32", "bf16")
-FIT_STEPS = 10          # steps timed before a wall-clock budget fixes the cosine horizon
+FIT_STEPS = 10          # a wall-clock budget fits the cosine horizon after 10 steps, refits after 20, 40, ...
+TIME_SAFETY = 0.95      # fit the schedule into 95% of the remaining time (the end of a step overshoots)
 SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.8, 40
 
 
@@ -156,6 +158,17 @@ def lr_factor(step: int, warmup_steps: int, horizon: int | None, min_lr_ratio: f
         return min_lr_ratio
     progress = (step - warmup_steps) / max(1, horizon - warmup_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def fit_time_horizon(step: int, remaining_s: float, step_s: float, overhead_s_per_step: float) -> int:
+    """The optimizer step at which a cosine should end so that it ends with the wall-clock budget.
+
+    step: steps done so far; remaining_s: budget left; step_s: seconds per optimizer step, measured over
+    the recent steps (not from the start: the first steps pay one-off costs, and a shared machine
+    changes speed); overhead_s_per_step: evaluation, samples and saves, spread over the steps.
+    """
+    per_step = step_s + overhead_s_per_step
+    return step + max(0, int(TIME_SAFETY * remaining_s / per_step))
 
 
 def split_decay(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -320,6 +333,7 @@ class Trainer:
         self.optimizer, self.fused = make_optimizer(self.raw_model, cfg)
         self.tokens_per_step = cfg.batch_size * model_cfg.context_length * cfg.grad_accum * self.dist.world_size
         self.horizon = self._budget_horizon()
+        self._warmup: int | None = None                  # fixed at the first horizon (see warmup_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.lr_factor(s))
         # 5) bookkeeping
         self.step = 0
@@ -364,20 +378,34 @@ class Trainer:
             return "steps"
         return None
 
-    def _fit_horizon_to_time(self, steps_done: int, elapsed: float, train_time: float) -> None:
-        """After FIT_STEPS timed steps, end the cosine where the wall-clock budget will end."""
+    def _fit_horizon_to_time(self, window_steps: int, window_s: float, elapsed: float, train_time: float,
+                             steps_done: int, evaluated: bool) -> None:
+        """End the cosine where the wall-clock budget will end, from the step rate of the last window.
+
+        Called after FIT_STEPS steps of this train() call, then after 2x, 4x, ... as many: each fit uses
+        the steps since the previous one, so one slow start (page faults, a busy machine) does not fix
+        the schedule for the whole run. Under DDP the ranks take the smallest horizon, so that all of
+        them follow the same learning rate.
+        """
         cfg = self.cfg
-        per_step = train_time / steps_done
-        # evaluation costs ~1/3 of a training micro-step per batch (forward only), every eval_every steps
-        eval_share = 0.0
-        if cfg.eval_every and self.val_ids is not None:
-            n_eval = cfg.eval_batches or len(self.val_ids) // (cfg.batch_size * self.model_cfg.context_length) + 1
-            eval_share = n_eval / (3 * cfg.grad_accum * cfg.eval_every)
-        remaining = self.cfg.time_budget_min * 60 - elapsed
-        fits = self.step + int(0.95 * remaining / (per_step * (1 + eval_share)))
-        self.horizon = min(fits, self.horizon) if self.horizon else fits
-        self._say(f"time budget: ~{fits} steps fit in {self.cfg.time_budget_min:g} min "
-                  f"({per_step:.2f} s/step); cosine schedule ends at step {self.horizon}")
+        step_s = window_s / window_steps
+        if evaluated:               # measured: everything outside the training steps, per step so far
+            overhead = (elapsed - train_time) / steps_done
+        else:                       # estimated: an eval batch costs ~1/3 of a training micro-step
+            overhead = 0.0
+            if cfg.eval_every and self.val_ids is not None:
+                n_eval = cfg.eval_batches or len(self.val_ids) // (cfg.batch_size * self.model_cfg.context_length) + 1
+                overhead = step_s * n_eval / (3 * cfg.grad_accum * cfg.eval_every)
+        fits = fit_time_horizon(self.step, cfg.time_budget_min * 60 - elapsed, step_s, overhead)
+        if self.dist.enabled:
+            agreed = torch.tensor([fits], device=self.device)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+            fits = int(agreed.item())
+        budget = self._budget_horizon()                           # a step/epoch budget still caps it
+        previous, self.horizon = self.horizon, min(fits, budget) if budget else fits
+        if previous is None or abs(self.horizon - previous) > 0.02 * previous:
+            self._say(f"time budget: ~{fits} steps fit in {cfg.time_budget_min:g} min "
+                      f"({step_s:.2f} s/step); cosine schedule ends at step {self.horizon}")
 
     # --- one optimizer step -------------------------------------------------------------------------
     def _autocast(self):
@@ -475,6 +503,7 @@ class Trainer:
         cfg, is_main = self.cfg, self.dist.is_main
         target = self.step + steps if steps is not None else None
         started, train_time, steps_done, time_up = time.perf_counter(), 0.0, 0, False
+        fit_at, window = FIT_STEPS, (0, 0.0)              # next horizon fit; (steps, train time) at the last
         last_log_time, last_log_tokens = 0.0, 0
         self._metrics_file = open(self.metrics_path, "a") if self.metrics_path and is_main else None
         show_bar = is_main and not cfg.quiet and sys.stderr.isatty()
@@ -493,8 +522,13 @@ class Trainer:
                 train_time += time.perf_counter() - step_started
                 time_up = logged.pop("time_up")
                 bar.update(1)
-                if cfg.time_budget_min and steps_done == FIT_STEPS and not time_up:
-                    self._fit_horizon_to_time(steps_done, time.perf_counter() - started, train_time)
+                if steps_done == 1:
+                    window = (1, train_time)              # the first step pays one-off costs: not timed
+                if cfg.time_budget_min and steps_done == fit_at and not time_up:
+                    self._fit_horizon_to_time(steps_done - window[0], train_time - window[1],
+                                              time.perf_counter() - started, train_time, steps_done,
+                                              evaluated=evaluated_at is not None)
+                    window, fit_at = (steps_done, train_time), 2 * fit_at
                     bar.total = self.horizon
                 # metrics row
                 if self.step % cfg.log_every == 0 or steps_done == 1:
@@ -548,10 +582,16 @@ class Trainer:
 
     @property
     def warmup_steps(self) -> int:
-        """cfg.warmup_steps, capped at 10% of the horizon (20 steps of a 100-step warmup teach nothing)."""
+        """cfg.warmup_steps, capped at 10% of the horizon (20 steps of a 100-step warmup teach nothing).
+
+        Fixed the first time a horizon is known: a refitted (longer) horizon must not send the lr back
+        into its warmup ramp.
+        """
         if self.horizon is None:
             return self.cfg.warmup_steps
-        return min(self.cfg.warmup_steps, self.horizon // 10)
+        if self._warmup is None:
+            self._warmup = min(self.cfg.warmup_steps, self.horizon // 10)
+        return self._warmup
 
     def lr_factor(self, step: int) -> float:
         """The schedule LambdaLR follows; it reads the horizon live, so a time budget can set it later."""

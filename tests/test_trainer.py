@@ -13,7 +13,7 @@ from training_helpers import ListBatches, fixed_batches, pattern_ids, tiny_cfg, 
 
 import checkpoint
 from components.deepseek_model import DeepSeekModel
-from trainer import NonFiniteLossError, TrainConfig, Trainer, lr_factor, split_decay
+from trainer import NonFiniteLossError, TrainConfig, Trainer, fit_time_horizon, lr_factor, split_decay
 
 IDS = pattern_ids(6000)
 TRAIN_IDS, VAL_IDS = IDS[:5000], IDS[5000:]
@@ -53,6 +53,50 @@ def test_time_budget_fits_the_cosine_horizon_after_ten_steps():
     t.train(steps=10)
     assert isinstance(t.horizon, int) and t.horizon > 10        # ~30 s of steps at the measured rate
     assert t.warmup_steps == min(100, t.horizon // 10) and t.lr_factor(t.horizon) == pytest.approx(0.1)
+
+
+class SimulatedClock:
+    """Stands in for the trainer's `time` module: each optimizer step advances it by a chosen duration."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_time_budget_refits_the_horizon_when_the_step_rate_changes(monkeypatch):
+    # 10 slow steps (3 s: a cold or busy start), then 1 s per step, in a 2-minute budget: about
+    # 10 + 90 = 100 steps fit. One fit after 10 steps would end the cosine at ~38 and train the other
+    # ~60 steps at the lr floor; the refits after 20, 40, 80 steps follow the real rate.
+    import trainer as trainer_module
+
+    clock = SimulatedClock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    t = Trainer(tiny_cfg(), train_cfg(None, max_steps=None, time_budget_min=2.0, warmup_steps=100),
+                train_ids=TRAIN_IDS)
+    step = t._optimizer_step
+    horizons = []
+
+    def timed_step(time_up):
+        clock.now += 3.0 if t.step < 10 else 1.0
+        horizons.append(t.horizon)
+        return step(time_up=time_up)
+
+    t._optimizer_step = timed_step
+    summary = t.train()
+    assert summary["stopped_because"] == "time_budget"
+    assert 95 <= summary["steps"] <= 102
+    assert horizons[10] == pytest.approx(10 + 0.95 * (120 - 30) / 3, abs=1)   # first fit: the slow rate
+    assert horizons[-1] == pytest.approx(summary["steps"], rel=0.05)          # refitted to the real rate
+    assert t.warmup_steps == horizons[10] // 10                               # fixed at the first fit
+    used = [row["lr"] for row in t.metrics if row["kind"] == "train"]
+    assert used[-1] == pytest.approx(3e-3 * 0.1, rel=0.05)                    # the cosine ends with the run
+
+
+def test_fit_time_horizon_is_the_remaining_time_over_the_step_cost():
+    assert fit_time_horizon(40, remaining_s=100.0, step_s=0.9, overhead_s_per_step=0.1) == 40 + 95
+    assert fit_time_horizon(40, remaining_s=-5.0, step_s=1.0, overhead_s_per_step=0.0) == 40   # time is up
 
 
 def test_weight_decay_skips_norms_biases_and_embeddings():
