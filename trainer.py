@@ -498,7 +498,7 @@ class Trainer:
           sample: step, samples [{prompt, text}]
         Raises NonFiniteLossError (after leaving the last good checkpoint untouched).
         """
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # console bar, shown on a TTY only (tqdm.auto warns in notebooks)
 
         cfg, is_main = self.cfg, self.dist.is_main
         target = self.step + steps if steps is not None else None

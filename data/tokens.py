@@ -35,11 +35,12 @@ def encode_split(documents: list[str], desc: str = "tokenizing", quiet: bool = F
     `encode_ordinary` ignores special tokens, so an essay quoting "<|endoftext|>" stays text and
     the only 50256s are the separators we insert.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # console bar; not tqdm.auto (it warns in notebooks without ipywidgets)
 
     enc = get_tokenizer()
     pieces: list[list[int]] = []
-    with tqdm(total=len(documents), desc=desc, unit="doc", disable=quiet, leave=False) as bar:
+    with tqdm(total=len(documents), desc=desc, unit="doc", disable=True if quiet else None,   # None: TTY only
+              leave=False) as bar:
         for start in range(0, len(documents), ENCODE_CHUNK):
             chunk = documents[start:start + ENCODE_CHUNK]
             for ids in enc.encode_ordinary_batch(chunk):
