@@ -204,6 +204,35 @@ def test_fused_head_cross_entropy_equals_linear_plus_cross_entropy():
     assert logits.view(-1, 37).shape == (12, 37)
 
 
+def test_fused_head_cross_entropy_loss_only_and_underflowing_targets():
+    """The usual training call (only the loss is used) == F.cross_entropy, also for rows whose target
+    probability underflows fp32 (a logit ~100 below the row's maximum: -log p would read inf)."""
+    import torch.nn.functional as F
+
+    from components.deepseek_model import head_cross_entropy
+
+    torch.manual_seed(1)
+    hidden = torch.randn(10, 6)
+    hidden[:3] *= 60.0                                               # very confident rows
+    weight = torch.randn(53, 6)
+    targets = torch.randint(0, 53, (10,))
+    ref_logits = F.linear(hidden, weight)
+    worst = ref_logits[:3].argmin(dim=-1)
+    targets[:3] = worst                                              # their least likely token
+    assert (ref_logits[:3].max(-1).values - ref_logits[:3].min(-1).values > 110).all()
+    assert (ref_logits.softmax(-1)[torch.arange(3), worst] == 0).all()   # p underflows to 0 in fp32
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, _ = head_cross_entropy(h, w, targets)
+    loss.backward()
+    rh, rw = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref = F.cross_entropy(F.linear(rh, rw), targets)
+    ref.backward()
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(h.grad, rh.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, rw.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_model_loss_is_the_same_with_and_without_the_fused_head():
     model = _model(SMALL_VOCAB).train()
     idx = torch.randint(0, SMALL_VOCAB.vocab_size, (2, 16))
