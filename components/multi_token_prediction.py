@@ -5,7 +5,10 @@ token t_{i+k}, and predicts token t_{i+k+1}, keeping the full causal chain (V3 e
     h'_i^k = M_k [RMSNorm(h_i^{k-1}) ; RMSNorm(Emb(t_{i+k}))]        M_k: (2D -> D)
     h^k    = TRM_k(h'^k)                                              one Transformer block
     P^k    = OutHead(h^k)                                             shared embedding and head
-    L_MTP  = (lambda / D) * sum_k CE(P^k, t_{i+k+1})
+    L^k    = -(1/T) * sum_{i < T-k} log P^k_i[t_{i+k+1}]                (eq 24)
+    L_MTP  = (lambda / D) * sum_k L^k                                    (eq 25)
+Only T-k positions of a T-token window have a target k+1 tokens ahead, but eq 24 divides by T, so
+a deeper module's loss is not scaled up for having fewer targets.
 It only densifies the training signal; inference drops it (or uses it for speculative decoding).
 
 Shapes: B batch, T tokens, D d_model, V vocab.
@@ -37,7 +40,7 @@ class MultiTokenPrediction(nn.Module):
 
     def forward(self, hidden: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor,
                 embed: nn.Embedding, head: nn.Linear) -> tuple[torch.Tensor, list]:
-        """Mean of the D modules' cross-entropies (before lambda) and their MoE stats."""
+        """(1/D) sum_k L^k (eq 25 before lambda) and the MoE stats of the D modules' blocks."""
         losses, all_stats = [], []
         T = idx.shape[1]
         for k in range(1, self.depth + 1):
@@ -51,9 +54,10 @@ class MultiTokenPrediction(nn.Module):
             # 2) one causal block, then the shared head predicts t_{i+k+1} = targets[:, i+k]
             hidden, stats = self.blocks[m](h)                                   # (B, T-k, D)
             logits = head(self.out_norms[m](hidden))                            # (B, T-k, V)
-            losses.append(F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten()))
+            ce_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, k:].flatten(), reduction="sum")
+            losses.append(ce_sum / (idx.shape[0] * T))                         # eq 24: 1/T per sequence
             if stats is not None:
                 all_stats.append(stats)
         if not losses:
             return hidden.new_zeros(()), all_stats
-        return torch.stack(losses).mean(), all_stats
+        return torch.stack(losses).sum() / self.depth, all_stats              # eq 25 (before lambda)

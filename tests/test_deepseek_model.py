@@ -147,7 +147,8 @@ def test_multi_token_prediction_adds_a_weighted_loss():
 
 
 def test_multi_token_prediction_targets_are_one_further_ahead():
-    """Module 1 at position i sees t_{i+1} and must predict t_{i+2} = targets[:, i+1]."""
+    """Module 1 at position i sees t_{i+1} and must predict t_{i+2} = targets[:, i+1]; V3 eq 24 divides
+    the summed cross-entropy of the T-1 predictable positions by T."""
     cfg = dataclasses.replace(SMALL_VOCAB, mtp_depth=1, ffn="dense")
     model = _model(cfg)
     idx = torch.randint(0, cfg.vocab_size, (1, 9))
@@ -158,7 +159,7 @@ def test_multi_token_prediction_targets_are_one_further_ahead():
                                             model.mtp.embed_norms[0](model.embed(idx[:, 1:]))], -1))
     h, _ = model.mtp.blocks[0](h)
     logits = model.head(model.mtp.out_norms[0](h))
-    expected = torch.nn.functional.cross_entropy(logits[0], targets[0, 1:])
+    expected = torch.nn.functional.cross_entropy(logits[0], targets[0, 1:], reduction="sum") / 9
     torch.testing.assert_close(loss, expected)
 
 
