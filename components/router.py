@@ -159,6 +159,18 @@ class Router(nn.Module):
             losses["kl"] = coefs["kl"] * (torch.special.xlogy(mean_prob, mean_prob).sum() + math.log(E))
         return losses
 
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.cuda()`, `.half()`, ...: the bias follows the module's device but stays fp32.
+
+        Its sign updates are gamma ~ 1e-3 steps on values ~0.1; bf16 keeps 8 mantissa bits (steps of
+        ~5e-4 there), so a cast would swallow most updates and round the values already learnt.
+        """
+        bias = self.bias
+        super()._apply(fn, recurse)
+        if self.bias.dtype != torch.float32:
+            self.bias = bias.to(device=self.bias.device, dtype=torch.float32)   # from the fp32 original
+        return self
+
     @torch.no_grad()
     def update_bias(self, tokens_per_expert: torch.Tensor) -> None:
         """LFB Alg. 1: b_i += gamma * sign(mean(c) - c_i). Overloaded experts go down, underloaded up.

@@ -108,6 +108,25 @@ def test_bias_is_an_fp32_buffer_without_grad():
     assert [name for name, _ in router.named_parameters()] == ["gate.weight"]
 
 
+def test_bias_stays_fp32_when_the_model_is_cast():
+    from components.deepseek_model import DeepSeekModel
+    from constants import TINY
+
+    model = DeepSeekModel(TINY)
+    router = model.routers()[0]
+    learnt = torch.tensor([0.1234567, -0.0012345, 0.0004321, -0.3217654])
+    router.bias.copy_(learnt)
+    model.to(torch.bfloat16)
+    assert router.gate.weight.dtype == torch.bfloat16                  # the weights do follow the cast
+    assert router.bias.dtype == torch.float32
+    torch.testing.assert_close(router.bias, learnt, rtol=0, atol=0)     # not rounded through bf16
+    router.update_bias(torch.tensor([10, 0, 0, 0]))
+    torch.testing.assert_close(router.bias - learnt, torch.tensor([-1.0, 1.0, 1.0, 1.0]) * router.bias_update_rate)
+    model.half().float()
+    torch.testing.assert_close(router.bias - learnt, torch.tensor([-1.0, 1.0, 1.0, 1.0]) * router.bias_update_rate)
+    assert "bias" in dict(router.named_buffers())
+
+
 def hand_losses(rows, K, score, seq_len):
     """Plain-Python balance losses for logit rows (identity gate)."""
     E, N = len(rows[0]), len(rows)
