@@ -25,7 +25,8 @@ import warnings
 
 import torch
 
-from components.generation import SamplingConfig, beam_search, stream_tokens
+from components.beam_search import beam_search
+from components.generation import SamplingConfig, stream_tokens
 from constants import EOT_TOKEN_ID
 from utils import ENDOFTEXT, get_tokenizer, pick_device
 

@@ -1,4 +1,4 @@
-"""Autoregressive generation with a KV cache: logit processors, sampling, and beam search.
+"""Autoregressive generation with a KV cache: logit processors and sampling.
 
 Why a cache: a causal model's output at position t depends only on tokens <= t, so the keys and
 values (for MLA: the latent c_KV and the RoPE key) of past tokens never change. We run the
@@ -25,11 +25,11 @@ during generation, we keep a sliding window: drop the cache and re-prefill the l
 window of context, and the re-prefill costs one forward of context_length/2 tokens per
 context_length/2 generated tokens -- amortised, about one extra token's work per token.
 
-Entry points: `generate` (what `DeepSeekModel.generate` calls), `stream_tokens` (the same loop,
-one token at a time, for printing as you go or stopping on a decoded string), `beam_search`.
+Entry points: `generate` (what `DeepSeekModel.generate` calls) and `stream_tokens` (the same loop,
+one token at a time, for printing as you go or stopping on a decoded string). Beam search, a
+deterministic search instead of sampling, is in components/beam_search.py.
 
-Shapes: B batch rows, T prompt tokens, S tokens so far (prompt + generated), V vocabulary,
-N beams.
+Shapes: B batch rows, T prompt tokens, S tokens so far (prompt + generated), V vocabulary.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_prompt(model, idx: torch.Tensor) -> torch.Tensor:
+def check_prompt(model, idx: torch.Tensor) -> torch.Tensor:
     """Validate (B, T) token ids and crop them to the last context_length tokens (warn once)."""
     if (not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.shape[1] == 0
             or idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool):
@@ -247,7 +247,7 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: Samplin
     """
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-    out = _check_prompt(model, idx)                                             # (B, T)
+    out = check_prompt(model, idx)                                             # (B, T)
     if max_new_tokens == 0:
         return
     context = model.cfg.context_length
@@ -298,7 +298,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     stop_tokens = (stop_tokens,) if isinstance(stop_tokens, int) else tuple(stop_tokens or ())
     config = SamplingConfig(temperature, top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
                             no_repeat_ngram_size, temperature_end, stop_tokens, seed)
-    prompt = _check_prompt(model, idx)                                          # (B, T'), T' <= context
+    prompt = check_prompt(model, idx)                                          # (B, T'), T' <= context
     was_training = model.training
     model.eval()
     try:
@@ -310,75 +310,3 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     finally:
         model.train(was_training)
     return (out, caches) if return_caches else out
-
-
-# --- beam search --------------------------------------------------------------------------------
-
-@torch.no_grad()
-def sequence_log_prob(model, tokens: torch.Tensor, prompt_length: int, absorb: bool = True) -> float:
-    """Sum of log p(token_t | tokens_<t) over the generated part tokens[:, prompt_length:] (batch 1)."""
-    logits, _, _ = model(tokens[:, -model.cfg.context_length:], absorb=absorb)  # (1, S, V)
-    log_probs = logits.float().log_softmax(dim=-1)[0, :-1]                      # (S-1, V): predicts t+1
-    targets = tokens[0, -logits.shape[1] + 1:]                                   # (S-1,)
-    picked = log_probs.gather(-1, targets[:, None])[:, 0]                       # (S-1,)
-    n_new = tokens.shape[1] - prompt_length
-    return picked[-n_new:].sum().item() if n_new else 0.0
-
-
-@torch.no_grad()
-def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 4, length_penalty: float = 1.0,
-                stop_tokens=None, absorb: bool = True) -> torch.Tensor:
-    """Deterministic search for a likely continuation of one prompt (1, T) -> best (1, T + new).
-
-    Keeps the N partial sequences with the highest total log-probability. Each step expands every
-    beam by its 2N best tokens, moves candidates ending in a stop token to the finished list,
-    keeps the best N others. Stops after max_new_tokens, or once N sequences finished (HF's
-    early_stopping=True). The winner maximises log p / new_tokens ** length_penalty (> 0 favours
-    longer outputs). For clarity each step recomputes a full forward over the beams (no cache).
-    """
-    if not (isinstance(num_beams, int) and num_beams >= 1):
-        raise ValueError(f"num_beams={num_beams!r}: must be an integer >= 1")
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-        raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-    prompt = _check_prompt(model, idx)
-    if prompt.shape[0] != 1:
-        raise ValueError(f"beam_search takes one prompt (1, T); got batch {prompt.shape[0]}")
-    stops = {stop_tokens} if isinstance(stop_tokens, int) else set(stop_tokens or ())
-    context = model.cfg.context_length
-    was_training = model.training
-    model.eval()
-    try:
-        beams = prompt                                                          # (N, S), N = 1 at first
-        scores = torch.zeros(1, device=prompt.device)                           # (N,) total log-probs
-        finished: list[tuple[float, torch.Tensor]] = []                         # (normalised score, (S,))
-        n_new = 0
-        while n_new < max_new_tokens and len(finished) < num_beams and len(beams):
-            n_new += 1
-            # 1) log-probs of every next token for every beam (full forward, cropped to the context)
-            logits, _, _ = model(beams[:, -context:], absorb=absorb)           # (N, S, V)
-            log_probs = logits[:, -1, :].float().log_softmax(dim=-1)            # (N, V)
-            V = log_probs.shape[-1]
-            # 2) the 2N best (beam, token) extensions by total log-probability
-            totals = (scores[:, None] + log_probs).flatten()                   # (N*V,)
-            top_scores, top_ids = totals.topk(min(2 * num_beams, totals.numel()))
-            kept_seqs, kept_scores = [], []
-            for score, flat_id in zip(top_scores.tolist(), top_ids.tolist(), strict=True):
-                beam, token = divmod(flat_id, V)
-                seq = torch.cat((beams[beam], beams.new_tensor([token])))       # (S+1,)
-                if token in stops:      # 3) a finished hypothesis, scored with the length penalty
-                    finished.append((score / n_new ** length_penalty, seq))
-                else:
-                    kept_seqs.append(seq)
-                    kept_scores.append(score)
-                    if len(kept_seqs) == num_beams:
-                        break
-            beams = torch.stack(kept_seqs) if kept_seqs else beams[:0]         # (N, S+1)
-            scores = scores.new_tensor(kept_scores)                             # (N,)
-        # 4) unless N hypotheses finished, the live beams compete with the finished ones
-        if len(finished) < num_beams and n_new:
-            finished.extend((s / n_new ** length_penalty, seq) for s, seq in zip(scores.tolist(), beams, strict=True))
-    finally:
-        model.train(was_training)
-    if not finished:
-        return prompt
-    return max(finished, key=lambda item: item[0])[1][None, :]                 # (1, T + new)

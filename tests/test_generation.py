@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from components.beam_search import beam_search, sequence_log_prob
 from components.deepseek_model import DeepSeekModel
 from components.generation import (
     SamplingConfig,
@@ -19,9 +20,7 @@ from components.generation import (
     apply_top_k,
     apply_top_p,
     banned_ngram_tokens,
-    beam_search,
     generate,
-    sequence_log_prob,
 )
 from components.kv_cache import LayerCache
 from constants import TINY
