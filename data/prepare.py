@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from constants import DATA_CACHE_DIR, SEED, VAL_FRACTION
-from data.sources import HOW_TO_GET_ESSAYS, fingerprint, read_documents, resolve_source
+from data.sources import HOW_TO_GET_ESSAYS, display_path, fingerprint, read_documents, resolve_source
 from data.split import check_val_fraction, split_documents
 from data.tokens import cache_key, encode_split, load_cached, save_cached, usable_cache_dir
 
@@ -97,7 +97,7 @@ def prepare_data(data_path: str | os.PathLike | None = None, val_fraction: float
         check_context(train_ids, val_ids, context_length)
         summary = DataSummary(source.description, *meta["essays"], *meta["chars"], train_ids.size, val_ids.size,
                               from_cache=True, note=meta.get("note", ""))
-        say(f"tokens loaded from cache ({cache_dir}, key {key})")
+        say(f"tokens loaded from cache ({display_path(cache_dir)}, key {key})")
         return PreparedData(train_ids, val_ids, summary, key)
     # 3) parse, drop blank documents, split by essay
     documents = [doc for doc in read_documents(source) if doc.strip()]

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET
+from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET, PROJECT_ROOT
 
 SAMPLE_DIR = DATA_DIR / "sample"
 HUB_CACHE_NAME = "hub_" + HUB_DATASET.replace("/", "__") + ".csv"   # the Hub copy, as CSV
@@ -29,6 +29,17 @@ HOW_TO_GET_ESSAYS = (f"pass --data PATH (or set {DATA_ENV_VAR}) to a CSV/Parquet
 
 # Python's csv module refuses fields over 128 KiB by default; whole essays can be longer.
 csv.field_size_limit(2**31 - 1)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as printed in messages: relative to the project root when it lies inside the project or
+    beside it (data/cache, ../shared/data/essays.csv), so logs and notebook outputs carry no machine's
+    absolute paths; anywhere else, absolute."""
+    resolved = Path(path).expanduser().resolve()
+    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
+        if resolved.is_relative_to(base):
+            return prefix + resolved.relative_to(base).as_posix()
+    return str(resolved)
 
 
 @dataclass(frozen=True)
@@ -135,10 +146,10 @@ def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, 
             via = f" (from {DATA_ENV_VAR})" if from_env else ""
             raise FileNotFoundError(f"data path {path}{via} does not exist; {HOW_TO_GET_ESSAYS}")
         kind = "folder" if path.is_dir() else "file"
-        return Source(f"{kind} {data_path}" + (f" (from {DATA_ENV_VAR})" if from_env else ""), path=path)
+        return Source(f"{kind} {display_path(path)}" + (f" (from {DATA_ENV_VAR})" if from_env else ""), path=path)
     # 2) a copy of the Hub dataset saved by an earlier run
     if cache_dir is not None and (cache_dir / HUB_CACHE_NAME).is_file():
-        return Source(f"Hub dataset {HUB_DATASET} (local copy {cache_dir / HUB_CACHE_NAME})",
+        return Source(f"Hub dataset {HUB_DATASET} (local copy {display_path(cache_dir / HUB_CACHE_NAME)})",
                       path=cache_dir / HUB_CACHE_NAME)
     # 3) the Hub, only if asked and reachable
     why = "the Hub was not tried (use_hub=False / --no-hub)"

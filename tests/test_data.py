@@ -112,6 +112,15 @@ def test_env_var_supplies_the_path(tmp_path, monkeypatch):
     assert DATA_ENV_VAR in got.summary.source and got.summary.n_essays_train == 3
 
 
+def test_printed_paths_are_relative_to_the_project_when_inside_or_beside_it(tmp_path):
+    from data.sources import display_path
+
+    assert display_path(PROJECT_ROOT / "data" / "cache") == "data/cache"
+    assert display_path(PROJECT_ROOT.parent / "shared" / "data" / "essays.csv") == "../shared/data/essays.csv"
+    elsewhere = Path("/") / "elsewhere" / "essays.csv"
+    assert display_path(elsewhere) == str(elsewhere)          # not near the project: absolute
+
+
 # --- source resolution without a path -------------------------------------------------------------
 
 def test_bundled_sample_fallback_is_loud(tmp_path):
