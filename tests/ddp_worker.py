@@ -1,6 +1,7 @@
 """Launched by tests/test_ddp.py under torchrun: train TINY on fixed micro-batches, save what rank 0 saw.
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT STEPS ACCUM
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py OUT --seconds S
 
 Rank r draws micro-batches r, r + W, r + 2W, ... of one fixed list (ListBatches), so W processes
 with ACCUM micro-batches each see, per step, exactly the micro-batches one process with
@@ -14,7 +15,7 @@ import os
 import sys
 
 import torch
-from training_helpers import ListBatches, fixed_batches, tiny_cfg, train_cfg
+from training_helpers import ListBatches, fixed_batches, pattern_ids, tiny_cfg, train_cfg
 
 from trainer import Trainer
 
@@ -34,6 +35,22 @@ def run(out: str, steps: int, accum: int) -> None:
     trainer.close()
 
 
+def run_timed(out: str, seconds: float) -> None:
+    """A wall-clock budget with evaluations (rank 0 only, so the ranks' clocks differ): every rank saves
+    its step count, cosine horizon and weights to OUT.rank<r>."""
+    rank = int(os.environ.get("RANK", 0))
+    ids = pattern_ids(6000)
+    trainer = Trainer(tiny_cfg(), train_cfg(None, max_steps=None, time_budget_min=seconds / 60, eval_every=5),
+                      train_ids=ids[:5000], val_ids=ids[5000:])
+    trainer.train()
+    torch.save({"steps": trainer.step, "horizon": trainer.horizon, "state": trainer.raw_model.state_dict()},
+               f"{out}.rank{rank}")
+    trainer.close()
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    if sys.argv[2] == "--seconds":
+        run_timed(sys.argv[1], float(sys.argv[3]))
+    else:
+        run(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

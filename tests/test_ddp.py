@@ -57,6 +57,18 @@ def test_two_processes_match_one_process_with_double_accumulation(tmp_path):
         torch.testing.assert_close(ddp["state"][key], value, atol=tolerance, rtol=0)
 
 
+def test_time_budget_under_ddp_keeps_the_ranks_identical(tmp_path):
+    """Each rank times its own steps (rank 0 also evaluates), but the horizon they fit is agreed on:
+    same steps, same cosine, bit-identical weights at the end."""
+    result = torchrun(str(REPO / "tests" / "ddp_worker.py"), str(tmp_path / "timed.pt"), "--seconds", "4",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rank0, rank1 = (torch.load(tmp_path / f"timed.pt.rank{r}", weights_only=True) for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] >= 10 and rank0["horizon"] == rank1["horizon"] is not None
+    for key, value in rank0["state"].items():
+        torch.testing.assert_close(rank1["state"][key], value, atol=0, rtol=0)
+
+
 def test_train_py_under_torchrun_saves_once_and_resumes(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     common = ["--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "run"), "--cache-dir",
