@@ -1,14 +1,17 @@
 """MoE layer throughput: our sort-dispatched MoE vs a dense FFN of equal active width vs HF DeepseekV3MoE.
 
-    python -m benchmarks.moe [--json OUT] [--repeats 10] [--threads 2]
+    python -m benchmarks.moe [--json OUT] [--repeats 10] [--threads 2] [--input-grad]
 
 CPU, fp32, forward + backward (loss = mean(y^2)), 2,048 tokens of width 256; 8 routed experts
 (top-2) + 1 shared expert, expert hidden width 512. The dense baseline is one SwiGLU of hidden width
 3 * 512 = the MoE's active width, so the two do the same matmul FLOPs per token: the ratio
 `moe_vs_dense` measures the whole cost of routing and dispatch. HF runs with the same weights (same
 routing) under every experts implementation that works on CPU; `moe_vs_hf` is against the fastest.
-Models are timed round-robin (one step of each per round) so that a busy machine slows all alike;
-the median over rounds is reported, and the median of the per-round ratios (`moe_vs_hf_paired`).
+By default the input needs no gradient (the layer alone: backward computes the weight gradients and
+the hidden-layer gradient, 7 of the 9 matmuls per expert and token); `--input-grad` also computes
+dL/dx, as inside a model. Models are timed round-robin (one step of each per round) so that a busy
+machine slows all alike; the median over rounds is reported, and the median of the per-round ratios
+(`moe_vs_hf_paired`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def build_hf(ours: MoE, implementation: str):
 def train_step(model: torch.nn.Module, x: torch.Tensor) -> float:
     """One forward + backward; returns its wall time in seconds."""
     model.zero_grad(set_to_none=True)
+    x.grad = None
     start = time.perf_counter()
     y = model(x)
     y = y[0] if isinstance(y, tuple) else y                      # our MoE also returns its stats
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--input-grad", action="store_true", help="also backpropagate into the input, as in a model")
     parser.add_argument("--hf-impls", nargs="*", default=list(HF_DEFAULT), choices=HF_IMPLEMENTATIONS,
                         help="HF experts implementations to time (default: %(default)s)")
     args = parser.parse_args()
@@ -82,11 +87,12 @@ def main() -> None:
 
     ours = build_ours()
     models = {"ours_moe": ours, "dense_swiglu": Expert(D, (K + N_SHARED) * HIDDEN)}
-    x = torch.randn(BATCH, SEQ, D)
+    x = torch.randn(BATCH, SEQ, D, requires_grad=args.input_grad)
     for implementation in args.hf_impls:
         try:
             hf = build_hf(ours, implementation)
-            torch.testing.assert_close(hf(x), ours(x)[0], atol=1e-4, rtol=1e-4)   # same routing, same output
+            with torch.no_grad():
+                torch.testing.assert_close(hf(x), ours(x)[0], atol=1e-4, rtol=1e-4)   # same routing, same output
             models[f"hf_{implementation}"] = hf
         except Exception as error:                                   # report, keep benchmarking the others
             print(f"HF experts implementation {implementation!r} skipped: {type(error).__name__}: {error}")
@@ -102,11 +108,13 @@ def main() -> None:
     tokens_per_s = {name: n_tokens / statistics.median(t) for name, t in times.items()}
     hf_names = [name for name in tokens_per_s if name.startswith("hf_")]
     best_hf = max(hf_names, key=tokens_per_s.get) if hf_names else None
-    loads = ours.router(x.reshape(-1, D)).tokens_per_expert.tolist()
+    with torch.no_grad():
+        loads = ours.router(x.reshape(-1, D)).tokens_per_expert.tolist()
     result = {
         "config": {"d_model": D, "n_routed_experts": E, "top_k": K, "n_shared_experts": N_SHARED,
                    "expert_hidden_dim": HIDDEN, "tokens": n_tokens, "dense_hidden_dim": (K + N_SHARED) * HIDDEN,
                    "threads": args.threads, "repeats": args.repeats, "dtype": "float32", "device": "cpu",
+                   "input_grad": args.input_grad,
                    "torch": torch.__version__, "tokens_per_expert": loads},
         "tokens_per_s": tokens_per_s,
         "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
@@ -119,7 +127,8 @@ def main() -> None:
     }
 
     print(f"MoE layer, forward+backward, {n_tokens} tokens, D={D}, {E} routed (top-{K}) + {N_SHARED} shared, "
-          f"I={HIDDEN}, fp32 CPU, {args.threads} threads; loads {loads}")
+          f"I={HIDDEN}, fp32 CPU, {args.threads} threads, input gradient {'on' if args.input_grad else 'off'}; "
+          f"loads {loads}")
     for name, rate in tokens_per_s.items():
         print(f"  {name:<16} {rate:>10,.0f} tokens/s   ({result['median_ms'][name]:.1f} ms/step)")
     print(f"  moe_vs_dense = {result['moe_vs_dense']:.2f}   (target >= 0.85)")

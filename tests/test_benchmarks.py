@@ -38,7 +38,8 @@ def test_train_benchmark_quick(tmp_path):
     pytest.importorskip("transformers")
     result = run_benchmark("train", tmp_path, "--quick")
     assert_finite_numbers(result, ["train_vs_hf", "mfu", "ours_tokens_per_s", "hf_tokens_per_s", "peak_gflops",
-                                   "active_params", "breakdown_ms", "best_tokens_per_s", "train_vs_hf_best"])
+                                   "active_params", "breakdown_ms", "best_tokens_per_s", "train_vs_hf_best",
+                                   "train_vs_hf_paired"])
     parts = result["breakdown_ms"]
     for part in ("forward_attention", "forward_moe", "forward_dense_ffn", "forward_head_and_loss",
                  "backward_total", "optimizer", "step_total"):
@@ -46,10 +47,12 @@ def test_train_benchmark_quick(tmp_path):
     assert result["active_params"] > 0 and result["hf_experts_implementation"]
 
 
-def test_moe_benchmark_tiny(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--input-grad",)], ids=["layer", "input_grad"])
+def test_moe_benchmark_tiny(tmp_path, extra):
     pytest.importorskip("transformers")
-    result = run_benchmark("moe", tmp_path, "--repeats", "1", "--warmup", "0", "--hf-impls", "eager")
-    assert_finite_numbers(result, ["moe_vs_dense", "moe_vs_hf", "tokens_per_s", "median_ms"])
+    result = run_benchmark("moe", tmp_path, "--repeats", "1", "--warmup", "0", "--hf-impls", "eager", *extra)
+    assert_finite_numbers(result, ["moe_vs_dense", "moe_vs_hf", "moe_vs_hf_paired", "tokens_per_s", "median_ms"])
+    assert result["config"]["input_grad"] == bool(extra)
 
 
 def test_decode_benchmark_quick(tmp_path):
