@@ -34,12 +34,14 @@ csv.field_size_limit(2**31 - 1)
 def display_path(path: str | os.PathLike) -> str:
     """A path as printed in messages: relative to the project root when it lies inside the project or
     beside it (data/cache, ../shared/data/essays.csv), so logs and notebook outputs carry no machine's
-    absolute paths; anywhere else, absolute."""
-    resolved = Path(path).expanduser().resolve()
-    for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
-        if resolved.is_relative_to(base):
-            return prefix + resolved.relative_to(base).as_posix()
-    return str(resolved)
+    absolute paths; anywhere else, absolute. Symlinks are tried both unfollowed and followed (a data
+    folder beside the project may be a link to somewhere else)."""
+    plain = Path(os.path.abspath(Path(path).expanduser()))
+    for candidate in (plain, plain.resolve()):
+        for base, prefix in ((PROJECT_ROOT, ""), (PROJECT_ROOT.parent, "../")):
+            if candidate.is_relative_to(base):
+                return prefix + candidate.relative_to(base).as_posix()
+    return str(plain)
 
 
 @dataclass(frozen=True)

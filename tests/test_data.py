@@ -119,6 +119,9 @@ def test_printed_paths_are_relative_to_the_project_when_inside_or_beside_it(tmp_
     assert display_path(PROJECT_ROOT.parent / "shared" / "data" / "essays.csv") == "../shared/data/essays.csv"
     elsewhere = Path("/") / "elsewhere" / "essays.csv"
     assert display_path(elsewhere) == str(elsewhere)          # not near the project: absolute
+    link = tmp_path / "shared_link"                           # ../shared may be a symlink to elsewhere
+    link.symlink_to(PROJECT_ROOT / "data", target_is_directory=True)
+    assert display_path(link / "cache") == "data/cache"       # followed when the link itself is elsewhere
 
 
 # --- source resolution without a path -------------------------------------------------------------
