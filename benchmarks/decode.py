@@ -2,11 +2,7 @@
 
 For each context S, a cache of S-1 tokens is pre-filled, then one attention layer's decode step
 (the S-th token, attending over all S) is timed, median over repeats after a warmup. The three
-variants are timed round-robin so that load from other processes hits them alike; in each round a
-variant first runs one untimed step, then the timed one. A real decode loop runs one path over and
-over, with its weights and cache warm in the CPU caches; without the untimed step each variant would
-be timed right after the others evicted them (MHA's and the naive path's decompressed K/V are
-megabytes), which penalises the path with the smallest working set, the absorbed one, most.
+variants are timed round-robin so that load from other processes hits them alike.
     MHA           CausalSelfAttention(n_kv_heads = n_heads): reads 2*H*D numbers per cached token
     MLA naive     absorb=False: re-decompresses K and V for every cached token at every step
     MLA absorbed  absorb=True: W_UK folded into the query, W_UV after attention (REFERENCE.md §1.6)
@@ -62,11 +58,10 @@ def bench_context(layers, context: int, repeats: int, warmup: int) -> tuple[dict
     for i in range(warmup + repeats):
         for name, (module, absorb) in layers.items():
             cache = caches[id(module)]
-            for _ in range(2):                        # the first, untimed: this variant's data back in cache
-                cache.length = context - 1            # forget the previous step's token (storage is reused)
-                start = time.perf_counter()
-                module(step, cache=cache, absorb=absorb)
-                elapsed = time.perf_counter() - start  # the second step's time is kept
+            cache.length = context - 1                # forget the previous step's token (storage is reused)
+            start = time.perf_counter()
+            module(step, cache=cache, absorb=absorb)
+            elapsed = time.perf_counter() - start
             if i >= warmup:
                 times[name].append(elapsed)
     cache_bytes = {name: caches[id(module)].nbytes() for name, (module, _) in layers.items()}  # S = context
