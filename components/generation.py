@@ -247,7 +247,7 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: Samplin
     """
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
-    out = check_prompt(model, idx)                                             # (B, T)
+    out = check_prompt(model, idx)                                              # (B, T)
     if max_new_tokens == 0:
         return
     context = model.cfg.context_length
@@ -298,7 +298,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     stop_tokens = (stop_tokens,) if isinstance(stop_tokens, int) else tuple(stop_tokens or ())
     config = SamplingConfig(temperature, top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
                             no_repeat_ngram_size, temperature_end, stop_tokens, seed)
-    prompt = check_prompt(model, idx)                                          # (B, T'), T' <= context
+    prompt = check_prompt(model, idx)                                           # (B, T'), T' <= context
     was_training = model.training
     model.eval()
     try:
