@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from constants import HUB_DATASET
-from data.sources import Source
+from data.sources import Source, display_path
 from data.tokens import atomic_write
 
 HUB_COLUMNS = ("title", "date", "text")
@@ -80,7 +80,7 @@ def download(cache_dir: Path | None, file_name: str) -> tuple[Source | None, str
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(target, write_csv, mode="w")
-            return Source(f"Hub dataset {HUB_DATASET} (saved to {target})", path=target), ""
+            return Source(f"Hub dataset {HUB_DATASET} (saved to {display_path(target)})", path=target), ""
         except OSError:
             pass   # not writable: keep the essays in memory, the token cache will say so too
     return Source(f"Hub dataset {HUB_DATASET} (in memory)", texts=tuple(row["text"] for row in rows)), ""
