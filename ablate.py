@@ -132,6 +132,28 @@ def expand(grid: list[tuple[str, list]], variants: list[tuple[str, dict]]) -> li
     return runs
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'1/2' -> (1, 2): this process takes runs 1, 3, 5, ... of the expanded list."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not int(match[1]) < int(match[2]):
+        raise UsageError(f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. --shard 0/2")
+    return int(match[1]), int(match[2])
+
+
+def without_shard(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--shard="):
+            skip = False
+            continue
+        skip = arg == "--shard"
+        if not skip:
+            out.append(arg)
+    return out
+
+
 # --- configs, budget, key ----------------------------------------------------------------------
 
 def build_specs(args) -> list[RunSpec]:
@@ -349,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="record folder (default runs/ablations/<study>)")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR", help="copy matching records from DIR")
     p.add_argument("--report", action="store_true", help="write the report when the runs are done")
+    p.add_argument("--shard", metavar="K/N", help="run only every N-th run starting at run K (0-based), so N "
+                   "processes can share a study; finished records are shared through --out")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     return p
 
@@ -361,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:                                                     # 1) everything checked before any work
         specs = build_specs(args)
+        shard = parse_shard(args.shard)
         if args.data and not Path(args.data).exists():
             raise UsageError(f"--data {args.data}: no such file or folder")
     except UsageError as err:
@@ -369,8 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or Path("runs") / "ablations" / args.study)
     print(f"study {args.study!r}: {len(specs)} runs ({len(specs) // len(args.seeds)} variants x "
           f"{len(args.seeds)} seeds) -> {out}")
+    mine = [i for i in range(len(specs)) if shard is None or i % shard[1] == shard[0]]
+    if shard is not None:
+        print(f"shard {shard[0]}/{shard[1]}: {len(mine)} of these runs")
     if args.dry_run:
-        for s in specs:
+        for s in [specs[i] for i in mine]:
             print(f"  {s.file_name}: {s.overrides} ({s.train_cfg.max_steps} steps)")
         return 0
     import torch
@@ -378,19 +406,22 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        run_all(specs, args, out, "python ablate.py " + shlex.join(argv))
+        command = "python ablate.py " + shlex.join(without_shard(argv))    # the same records, unsharded
+        run_all(specs, args, out, command, mine)
     finally:
         torch.set_num_threads(threads)
-    if args.report:
+    if args.report and shard is None:
         from ablation_report import write_report
         write_report([out], out)
     return 0
 
 
-def run_all(specs: list[RunSpec], args, out: Path, command: str) -> None:
+def run_all(specs: list[RunSpec], args, out: Path, command: str, mine: list[int] | None = None) -> None:
     train_ids, val_ids, data_id = load_data(args)           # 2) data once for all runs
     out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(specs, 1):                      # 3) the runs, skipping finished ones
+        if mine is not None and i - 1 not in mine:           # another shard's run
+            continue
         path, key = out / spec.file_name, run_key(spec, data_id)
         done, where = find_done(path, key, [Path(d) for d in args.reuse])
         if done is not None:
