@@ -34,18 +34,15 @@ import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import PRESETS, PROJECT_ROOT
-from trainer import TrainConfig, config_field_types
+from trainer import TrainConfig
 
 RECORD_VERSION = 1
 SERIES_POINTS = 100           # at most this many points of each over-time series go into a record
 # TrainConfig fields the harness sets itself (the rest may be overridden with --set / --grid)
 OWN_TRAIN_FIELDS = {"seed", "max_steps", "epochs", "time_budget_min", "out_dir", "quiet", "batch_size"}
-
-
-class UsageError(ValueError):
-    """A bad flag or override: one line on stderr, exit code 2, before any run starts."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +62,8 @@ class RunSpec:
 
 def typed_value(key: str, text: str) -> tuple[str, object]:
     """('top_k', '2') -> ('top_k', 2), typed by the ModelConfig/TrainConfig field; UsageError if unknown."""
-    from train import parse_value
-
     key = key.strip().replace("-", "_")
-    types = config_field_types(ModelConfig) | config_field_types(TrainConfig)
+    types = field_types(ModelConfig) | field_types(TrainConfig)
     if key not in types or key in OWN_TRAIN_FIELDS:
         own = f"; {key} is set by ablate.py's own flags" if key in OWN_TRAIN_FIELDS else ""
         names = ", ".join(f.name for f in fields(ModelConfig))
@@ -351,7 +346,7 @@ def find_done(path: Path, key: str, reuse_dirs: list[Path]) -> tuple[dict | None
 # --- command line --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ablate.py", description=__doc__.split("\n\n")[0],
+    p = CommandLine(prog="ablate.py", description=__doc__.split("\n\n")[0],
                                 epilog="Report: python ablate.py report DIR... [--out DIR]")
     p.add_argument("--study", default="study", help="name of the study (default 'study')")
     p.add_argument("--preset", default="tiny", help=f"base model: {', '.join(sorted(PRESETS))} (default tiny)")

@@ -17,15 +17,14 @@ import argparse
 import re
 import sys
 import textwrap
-import types
-import typing
 import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
+from cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
-from trainer import NonFiniteLossError, TrainConfig, config_field_types
+from trainer import NonFiniteLossError, TrainConfig
 
 DEFAULT_PRESET = "small"
 DEFAULT_TIME_BUDGET_MIN = 10.0      # README promise: `python train.py` ends on a 2-core CPU in <= 15 min
@@ -35,13 +34,9 @@ TRAIN_FLAGS = {"max_steps": "max_steps", "epochs": "epochs", "time_budget": "tim
                "save_every": "save_every", "seed": "seed", "device": "device", "out": "out_dir"}
 
 
-class UsageError(ValueError):
-    """A bad flag or value: reported as one line, exit code 2, before any work starts."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="train.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = CommandLine(
+        prog="train.py",
         description="Train the DeepSeek-from-scratch model (MLA + DeepSeekMoE) on Paul Graham's essays.",
         epilog="Budgets: training stops at whichever of --max-steps, --epochs, --time-budget comes first. "
                f"With none of them, `python train.py` trains the {DEFAULT_PRESET} preset for "
@@ -78,39 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- --set KEY=VALUE ------------------------------------------------------------------------
 
-def parse_value(text: str, annotation) -> object:
-    """Parse `text` as the field type: int, float, bool, str, tuples (comma-separated), X | None."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if type(None) in options and text.strip().lower() in ("none", "null"):
-        return None
-    kind = next(o for o in options if o is not type(None))
-    if typing.get_origin(kind) is tuple:
-        inner = typing.get_args(kind)[0]
-        sep = "|" if inner is str else ","
-        return tuple(parse_value(part.strip() if inner is not str else part, inner) for part in text.split(sep))
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expects true/false, got {text!r}")
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"expects an integer, got {text!r}") from None
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"expects a number, got {text!r}") from None
-    return text
-
-
 def parse_sets(items: list[str]) -> tuple[dict, dict]:
     """['top_k=1', 'lr=3e-4'] -> (ModelConfig overrides, TrainConfig overrides); UsageError if bad."""
-    model_types, train_types = config_field_types(ModelConfig), config_field_types(TrainConfig)
+    model_types, train_types = field_types(ModelConfig), field_types(TrainConfig)
     model_over, train_over = {}, {}
     for item in items:
         key, sep, text = item.partition("=")

@@ -30,7 +30,6 @@ import math
 import os
 import sys
 import time
-import typing
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -135,11 +134,6 @@ class TrainConfig:
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
-
-
-def config_field_types(cls) -> dict[str, type]:
-    """Field name -> resolved type annotation (train.py parses --set values with it)."""
-    return typing.get_type_hints(cls)
 
 
 # --- small pure helpers (tested one by one) ------------------------------------------------------
