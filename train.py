@@ -156,6 +156,7 @@ def describe(model_cfg: ModelConfig, train_cfg: TrainConfig, preset: str | None)
 
 # --- main ----------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # 1) every setting is checked before any work starts
@@ -168,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     from data import prepare_data
-    from trainer import Trainer, init_distributed
-    from utils import count_active_parameters, count_parameters
+    from distributed import init_distributed
+    from trainer import Trainer
+    from utils import count_active_parameters, count_parameters, keep_freed_memory_in_heap, pick_device
 
     info = init_distributed(train_cfg.device)
+    if pick_device(train_cfg.device).type == "cpu":
+        keep_freed_memory_in_heap()      # CPU training speed (see utils); process-wide, so opt-in here
     say = print if info.is_main and not train_cfg.quiet else (lambda *a, **k: None)
     say(describe(model_cfg, train_cfg, args.preset or (None if resumed else DEFAULT_PRESET)))
     # 2) data (rank 0 tokenizes first; the others then read its cache)

@@ -24,8 +24,8 @@ counted (PaLM convention without the attention term; under 2% here). `peak` is m
 same run: the best of several 2048^3 fp32 matmuls on the same threads, before, between and after.
 
 Fairness notes. Both sides cycle through the same few random batches (one repeated batch gets
-memorised and makes exp() run on denormals, see `run`). `trainer.keep_freed_memory_in_heap` (what
-the Trainer does on CPU) is process-wide, so HF gets it too. On a shared machine the median moves
+memorised and makes exp() run on denormals, see `run`). `utils.keep_freed_memory_in_heap` (what
+train.py does on CPU) is process-wide, so HF gets it too. On a shared machine the median moves
 with the load: the fastest step of each side and the load average are printed as well.
 `--compile` also times torch.compile(ours) and reports its compile time (the Trainer's default is
 eager, so the targets are judged on eager).
@@ -50,8 +50,8 @@ from torch import nn
 
 from components.deepseek_model import DeepSeekModel
 from constants import SMALL, TINY
-from trainer import TrainConfig, keep_freed_memory_in_heap, make_optimizer
-from utils import count_active_parameters
+from trainer import TrainConfig, make_optimizer
+from utils import count_active_parameters, keep_freed_memory_in_heap
 
 # HF experts implementations that run on CPU (transformers/integrations/moe.py; deepgemm/sonicmoe need
 # CUDA). batched_mm gathers one weight matrix per (token, slot) (GBs at these sizes; benchmarks/moe.py).
@@ -182,7 +182,7 @@ def breakdown(side: Side, batches, steps: int) -> dict[str, float]:
 
     Forward and backward of the embedding, attention (with its pre-norm), MoE and dense FFN (with
     theirs) are timed by module hooks. The output head and the cross-entropy run as one autograd
-    node in training (components.deepseek_model.head_cross_entropy), so "head_and_loss" is timed
+    node in training (components.head_cross_entropy), so "head_and_loss" is timed
     from the final norm's output to the loss (forward) and from the loss to the final norm's
     gradient (backward). "other" is the rest: final norm, residual adds, balance bookkeeping;
     in the backward also the embedding's scatter into the (V, D) table and its sum with the tied
@@ -260,7 +260,7 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
         profile: bool = False, batch_size: int | None = None) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    heap = keep_freed_memory_in_heap()                    # as the Trainer does on CPU; process-wide: HF too
+    heap = keep_freed_memory_in_heap()                    # as train.py does on CPU; process-wide: HF too
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None   # other processes (ours adds ~2)
     cfg = replace(TINY, vocab_size=512) if quick else SMALL
     B = batch_size or (2 if quick else 8)

@@ -9,7 +9,9 @@ Paper symbols (DeepSeek-V2 §2.1-2.2, V3 §2.1) next to each field; the README h
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from components.settings import Settings, bad_field, check
 
 ATTENTION_KINDS = ("mla", "mha", "gqa", "mqa", "linear")
 FFN_KINDS = ("moe", "dense")
@@ -18,7 +20,7 @@ BALANCING_KINDS = ("none", "aux_loss", "aux_free", "both")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     # --- trunk -----------------------------------------------------------------------------
     vocab_size: int = 50257          # GPT-2 BPE
     context_length: int = 128        # longest sequence the model is trained on
@@ -65,23 +67,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
-            raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: {why}")
+            raise bad_field(self, name, why)
 
-        for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads",
-                     "kv_latent_dim", "n_routed_experts", "top_k", "expert_hidden_dim",
-                     "n_expert_groups", "topk_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                bad(name, "must be a positive integer")
-        for name in ("n_shared_experts", "n_dense_layers", "mtp_depth"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                bad(name, "must be an integer >= 0")
-        for name in ("q_latent_dim", "rope_head_dim", "qk_nope_head_dim", "v_head_dim",
-                     "dense_hidden_dim", "n_kv_heads"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                bad(name, "must be None or a positive integer")
+        check(self, "a positive integer", "vocab_size", "context_length", "d_model", "n_layers", "n_heads",
+              "kv_latent_dim", "n_routed_experts", "top_k", "expert_hidden_dim", "n_expert_groups", "topk_groups")
+        check(self, "an integer >= 0", "n_shared_experts", "n_dense_layers", "mtp_depth")
+        check(self, "None or a positive integer", "q_latent_dim", "rope_head_dim", "qk_nope_head_dim", "v_head_dim",
+              "dense_hidden_dim", "n_kv_heads")
         if self.attention not in ATTENTION_KINDS:
             bad("attention", f"choose one of {ATTENTION_KINDS}")
         if self.ffn not in FFN_KINDS:
@@ -113,10 +105,8 @@ class ModelConfig:
             bad("capacity_factor", "must be None (dropless) or > 0")
         if not 0.0 <= self.dropout < 1.0:
             bad("dropout", "must be in [0, 1)")
-        for name in ("router_noise_std", "bias_update_rate", "expert_balance_coef",
-                     "seq_balance_coef", "z_loss_coef", "kl_balance_coef", "mtp_loss_weight"):
-            if not getattr(self, name) >= 0:
-                bad(name, "must be >= 0")
+        check(self, ">= 0", "router_noise_std", "bias_update_rate", "expert_balance_coef", "seq_balance_coef",
+              "z_loss_coef", "kl_balance_coef", "mtp_loss_weight")
         if self.route_scale <= 0:
             bad("route_scale", "must be > 0")
         if self.uses_aux_loss and self.ffn == "moe" and not any(self.balance_coefs.values()):
@@ -177,15 +167,3 @@ class ModelConfig:
 
     def is_moe_layer(self, layer: int) -> bool:
         return self.ffn == "moe" and layer >= self.n_dense_layers
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        """Rebuild from `to_dict()` output (a checkpoint's metadata); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)

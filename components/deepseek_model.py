@@ -4,13 +4,11 @@
     loss   = CE(logits, targets) + sum over MoE layers of the weighted balance losses
              (+ lambda * L_MTP when multi-token prediction is on, V3 §2.2)
 
-The balance losses are regularisers, so `aux['ce']` reports the cross-entropy alone (it can
+The balance losses are regularisers, so `ForwardStats.ce` reports the cross-entropy alone (it can
 never be negative, and it is what perplexity is computed from).
 
-Training in fp32 on CPU computes head and cross-entropy in one autograd node (`head_cross_entropy`):
-the same maths, one elementwise pass over the (B*T, V) logits instead of several, and logits rows
-padded to a multiple of 16 floats in memory (see there why). Head and loss are about half of a
-SMALL training step.
+Training in fp32 on CPU computes head and cross-entropy in one autograd node
+(`components/head_cross_entropy.py`, where the measured reason is): the same maths, faster there.
 
 Generation keeps one `LayerCache` per layer: MLA stores only c_KV and the RoPE key per token
 (`kv_latent_dim + rope_head_dim` numbers per layer), which is what makes DeepSeek cheap to serve.
@@ -21,6 +19,7 @@ Shapes: B batch, T tokens (new tokens when decoding), D d_model, V vocab, E rout
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -29,84 +28,22 @@ from torch import nn
 from components import generation
 from components.beam_search import beam_search as run_beam_search
 from components.config import ModelConfig
+from components.head_cross_entropy import head_cross_entropy
 from components.kv_cache import LayerCache
+from components.moe import MoEStats
 from components.multi_token_prediction import MultiTokenPrediction
 from components.router import Router
 from components.transformer_block import TransformerBlock
 
-LOGITS_ROW_ALIGN = 16       # floats: 64 bytes, one cache line / one AVX-512 register
-UNDERFLOW_PROB = 1e-30      # below this, -log p is recomputed from the logits (fp32 normals end at 1.2e-38)
 
-
-class HeadCrossEntropy(torch.autograd.Function):
-    """logits = h W^T and CE = mean_n( logsumexp(logits_n) - logits_n[y_n] ), with the textbook gradient
-
-        p = softmax(logits),   dCE/dlogits = (p - onehot(y)) / N,   dh = (p W - W[y]) / N,
-        dW = (p^T h - scatter_y(h)) / N
-
-    Same values as `F.cross_entropy(F.linear(h, W), y)`, written out for speed on CPU:
-    1) each logits row starts on a 64-byte boundary: the (N, V) result is a view into a (N, V_pad)
-       buffer. MKL's matmul into rows of the odd width 50257 ran ~20% slower than into aligned rows
-       (1024 x 256 @ 256 x 50257 on one core: 298 vs 247 ms; the forward matmul is 1/3 of the head's
-       FLOPs). The V_pad - V pad columns hold -inf, so their probability is exactly 0.
-    2) ONE pass of elementwise work over the (N, V) logits in all: the forward keeps the softmax p
-       (not the log-probabilities), the loss reads -log p at the N targets, and the backward feeds p
-       straight into the two matmuls; the one-hot part of the gradient is subtracted from the small
-       (N, D) and (V, D) results (a gather and a scatter of N rows), and the 1/N mean is applied to
-       them too. Compared with log_softmax forward + softmax backward: ~65 ms less of an ~860 ms
-       head at SMALL sizes on a 2-core CPU. The softmax kernel, unlike torch.exp, stays fast on
-       results that underflow (a memorised batch has many; exp took 550 vs 44 ms on such values).
-    3) -log p is exact while p is a normal float; a target whose p underflowed (its logit ~87+ below
-       the row's log-sum-exp) gets logsumexp(row) - logit from the logits instead, for that row only.
-    Shapes: N tokens, D model width, V vocab, V_pad = V rounded up to LOGITS_ROW_ALIGN.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets):
-        N, V = hidden.shape[0], weight.shape[0]
-        V_pad = -(-V // LOGITS_ROW_ALIGN) * LOGITS_ROW_ALIGN
-        padded = hidden.new_empty(N, V_pad)                                      # (N, V_pad)
-        logits = padded[:, :V]                                                   # (N, V) aligned rows
-        torch.mm(hidden, weight.t(), out=logits)                                 # logits = h W^T
-        padded[:, V:] = float("-inf")
-        probs = torch.softmax(padded, dim=-1)                                    # (N, V_pad), pads 0
-        rows = torch.arange(N, device=hidden.device)
-        target_probs = probs[rows, targets]                                      # (N,)
-        nll = -torch.log(target_probs)                                           # (N,) -log p_y
-        underflowed = target_probs < UNDERFLOW_PROB                              # (N,) rare
-        if bool(underflowed.any()):
-            lost = underflowed.nonzero()[:, 0]                                   # (n,)
-            nll[lost] = torch.logsumexp(padded[lost], dim=-1) - logits[lost, targets[lost]]
-        ctx.save_for_backward(hidden, weight, targets, probs)
-        ctx.set_materialize_grads(False)
-        return nll.mean(), logits
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_logits):
-        hidden, weight, targets, probs = ctx.saved_tensors
-        N, V = hidden.shape[0], weight.shape[0]
-        if grad_logits is not None:           # the logits were used beyond the loss: one dense gradient
-            grad = grad_logits.clone()                                           # (N, V)
-            if grad_loss is not None:
-                scale = grad_loss / N
-                grad += probs[:, :V] * scale
-                grad[torch.arange(N, device=grad.device), targets] -= scale      # (p - onehot(y)) / N
-            return grad @ weight, grad.t() @ hidden, None
-        probs = probs[:, :V]                                                     # (N, V), pads dropped
-        grad_hidden = (probs @ weight).sub_(weight[targets])                     # (N, D) = (p - onehot) W
-        grad_weight = (probs.t() @ hidden).index_add_(0, targets, hidden, alpha=-1.0)   # (V, D)
-        scale = grad_loss / N                                                    # the mean's 1/N
-        return grad_hidden * scale, grad_weight * scale, None
-
-
-def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
-                       targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """hidden (N, D), weight (V, D), targets (N,) in [0, V) -> (mean CE (), logits (N, V)).
-
-    The logits are a view with padded rows (row stride V_pad): `.view(-1, V)` and slicing work,
-    flattening everything needs `.contiguous()` first.
-    """
-    return HeadCrossEntropy.apply(hidden, weight, targets)
+@dataclass
+class ForwardStats:
+    """What a forward measured besides the logits and the total loss (losses detached)."""
+    ce: torch.Tensor | None = None         # () next-token cross-entropy alone (perplexity = exp(ce))
+    mtp_loss: torch.Tensor | None = None   # () L_MTP of V3 eq 25, before the weight lambda
+    balance_loss: torch.Tensor | None = None                     # () sum of every weighted balance loss
+    balance_losses: dict[str, torch.Tensor] = field(default_factory=dict)   # name -> summed over layers
+    moe: list[MoEStats] = field(default_factory=list)   # per MoE layer, main layers then MTP (= routers())
 
 
 class DeepSeekModel(nn.Module):
@@ -148,7 +85,7 @@ class DeepSeekModel(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 caches: list[LayerCache] | None = None, absorb: bool = False):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None, aux dict).
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None, ForwardStats).
 
         With `caches`, idx holds only the new tokens; positions continue from the cache length.
         """
@@ -162,13 +99,12 @@ class DeepSeekModel(nn.Module):
         # 2) the blocks, collecting each MoE layer's routing statistics
         moe_stats = []
         for i, block in enumerate(self.blocks):
-            x, stats = block(x, cache=caches[i] if caches else None, absorb=absorb)   # (B, T, D)
-            if stats is not None:
-                moe_stats.append(stats)
+            x, layer_stats = block(x, cache=caches[i] if caches else None, absorb=absorb)   # (B, T, D)
+            if layer_stats is not None:
+                moe_stats.append(layer_stats)
         hidden = x
         # 3) final norm and output head; 4) cross-entropy in fp32 (logits may be bf16 under autocast)
         x = self.norm(x)                                                            # (B, T, D)
-        aux = {"ce": None, "mtp_loss": None}
         loss = None
         if targets is not None and self._fuse_head_and_loss(x, targets):
             ce, logits = head_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
@@ -177,27 +113,27 @@ class DeepSeekModel(nn.Module):
             logits = self.head(x)                                                   # (B, T, V)
             if targets is not None:
                 ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        stats = ForwardStats()
         if targets is not None:
             loss = ce
-            aux["ce"] = ce.detach()
+            stats.ce = ce.detach()
             if self.mtp is not None:
                 mtp_loss, mtp_stats = self.mtp(hidden, idx, targets, self.embed, self.head)
                 loss = loss + self.cfg.mtp_loss_weight * mtp_loss
-                aux["mtp_loss"] = mtp_loss.detach()
+                stats.mtp_loss = mtp_loss.detach()
                 moe_stats = moe_stats + mtp_stats
         # 5) balance losses, summed over MoE layers (each already weighted by its coefficient)
         balance = {}
-        for stats in moe_stats:
-            for name, value in stats.losses.items():
+        for layer in moe_stats:
+            for name, value in layer.losses.items():
                 balance[name] = balance.get(name, 0.0) + value
         balance_loss = sum(balance.values()) if balance else logits.new_zeros((), dtype=torch.float32)
         if loss is not None:
             loss = loss + balance_loss
-        aux["balance_loss"] = balance_loss.detach() if torch.is_tensor(balance_loss) else balance_loss
-        aux["balance_losses"] = {name: value.detach() for name, value in balance.items()}
-        aux["tokens_per_expert"] = [s.tokens_per_expert for s in moe_stats]
-        aux["dropped_tokens"] = [s.dropped_tokens for s in moe_stats]
-        return logits, loss, aux
+        stats.balance_loss = balance_loss.detach()
+        stats.balance_losses = {name: value.detach() for name, value in balance.items()}
+        stats.moe = moe_stats
+        return logits, loss, stats
 
     def _fuse_head_and_loss(self, x: torch.Tensor, targets: torch.Tensor) -> bool:
         """`head_cross_entropy` covers fp32 on CPU (where its speed-up was measured), without autocast,

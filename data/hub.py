@@ -4,21 +4,17 @@
 it we honour HF_HUB_OFFLINE / HF_DATASETS_OFFLINE (not trying at all) and make one quick TCP
 connection to the hub host; only if that answers within a few seconds do we call
 `datasets.load_dataset`. The result is saved to the cache as a CSV with the dataset's columns
-(title, date, text), so later runs read it from disk like any local file.
+(title, date, text) by data/sources.py, so later runs read it from disk like any local file.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import socket
 import threading
-from pathlib import Path
 from urllib.parse import urlparse
 
 from constants import HUB_DATASET
-from data.sources import Source, display_path
-from data.tokens import atomic_write
 
 HUB_COLUMNS = ("title", "date", "text")
 CONNECT_TIMEOUT_S = 3.0
@@ -55,8 +51,9 @@ def hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
     return bool(result)
 
 
-def download(cache_dir: Path | None, file_name: str) -> tuple[Source | None, str]:
-    """(the downloaded corpus, "") or (None, why not). Saved to cache_dir/file_name when writable."""
+def fetch_rows() -> tuple[list[dict] | None, str]:
+    """(the dataset's rows as {title, date, text} dicts, "") or (None, why not). Transport only: where the
+    rows are kept is the caller's business (data/sources.py saves them to the cache)."""
     if (var := offline_by_env()) is not None:
         return None, f"{var}=1 is set, so the Hub dataset {HUB_DATASET} was not tried"
     if not hub_reachable():
@@ -69,18 +66,4 @@ def download(cache_dir: Path | None, file_name: str) -> tuple[Source | None, str
                 for row in datasets.load_dataset(HUB_DATASET, split="train")]
     except Exception as err:  # noqa: BLE001 - any failure here means "fall back", and says why
         return None, f"downloading {HUB_DATASET} failed ({type(err).__name__}: {err})"
-    if cache_dir is not None:
-        target = cache_dir / file_name
-
-        def write_csv(handle):
-            writer = csv.DictWriter(handle, fieldnames=HUB_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(target, write_csv, mode="w")
-            return Source(f"Hub dataset {HUB_DATASET} (saved to {display_path(target)})", path=target), ""
-        except OSError:
-            pass   # not writable: keep the essays in memory, the token cache will say so too
-    return Source(f"Hub dataset {HUB_DATASET} (in memory)", texts=tuple(row["text"] for row in rows)), ""
+    return rows, ""

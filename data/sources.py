@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET, PROJECT_ROOT
+from data import hub
+from data.tokens import atomic_write
 
 SAMPLE_DIR = DATA_DIR / "sample"
 HUB_CACHE_NAME = "hub_" + HUB_DATASET.replace("/", "__") + ".csv"   # the Hub copy, as CSV
@@ -136,6 +138,26 @@ def fingerprint(source: Source) -> str:
     return digest.hexdigest()
 
 
+def keep_hub_copy(rows: list[dict], cache_dir: Path | None) -> Source:
+    """Save downloaded Hub rows as cache_dir/HUB_CACHE_NAME (a CSV with the dataset's columns); in memory
+    when the cache is not writable."""
+    if cache_dir is not None:
+        target = cache_dir / HUB_CACHE_NAME
+
+        def write_csv(handle):
+            writer = csv.DictWriter(handle, fieldnames=hub.HUB_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, write_csv, mode="w")
+            return Source(f"Hub dataset {HUB_DATASET} (saved to {display_path(target)})", path=target)
+        except OSError:
+            pass   # not writable: keep the essays in memory, the token cache will say so too
+    return Source(f"Hub dataset {HUB_DATASET} (in memory)", texts=tuple(row["text"] for row in rows))
+
+
 def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, use_hub: bool) -> Source:
     """Pick the corpus by the resolution order in the module docstring."""
     # 1) an explicit path wins; a wrong one is an error, never a silent fallback
@@ -156,11 +178,9 @@ def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, 
     # 3) the Hub, only if asked and reachable
     why = "the Hub was not tried (use_hub=False / --no-hub)"
     if use_hub:
-        from data import hub  # here, not at the top: hub imports this module
-
-        source, why = hub.download(cache_dir, HUB_CACHE_NAME)
-        if source is not None:
-            return source
+        rows, why = hub.fetch_rows()
+        if rows is not None:
+            return keep_hub_copy(rows, cache_dir)
     # 4) the stand-in sample, loudly
     warnings.warn(f"USING THE BUNDLED SAMPLE CORPUS, NOT THE REAL ESSAYS: no data path was given, no local copy "
                   f"was found and {why}. The sample is short stand-in text; to train on the real essays, "

@@ -5,7 +5,7 @@
 6.3 `lr_multiplier(step, warmup_steps, horizon, min_lr_ratio)`: linear warmup then cosine decay.
 
 References: a real `TransformerBlock` built on the meta device (no memory), the token-weighted mean
-that `Trainer.evaluate` computes, and `trainer.lr_factor` itself.
+that `Trainer.evaluate` computes, and `schedule.lr_at` itself (as a multiple of the peak lr).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from components.transformer_block import TransformerBlock
 from constants import SMALL, TINY
-from trainer import lr_factor
+from schedule import lr_at
 
 
 # --- 6.1 ------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def check_6_3(student_fn) -> None:
     for warmup, horizon, floor in cases:
         last = (horizon or 40) + 5
         for step in sorted(set(range(0, last)) | {last + 100}):
-            want = lr_factor(step, warmup, horizon, floor)
+            want = lr_at(step, peak_lr=1.0, warmup_steps=warmup, horizon=horizon, min_lr_ratio=floor)
             got = float(student_fn(step, warmup, horizon, floor))
             if math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
                 continue

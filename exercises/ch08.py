@@ -1,9 +1,9 @@
 """Hidden cases for chapter 8 (ablations).
 
-8.1 mean and spread over seeds of one run, from ablation records (`ablate.py`'s JSON dicts)
+8.1 mean and spread over seeds of one run, from ablation records (`python -m ablation`'s JSON dicts)
 8.2 is a difference between two runs within seed noise? (two standard errors of the difference)
 8.3 design a finer-grained MoE with the same active AND total expert parameters (DeepSeekMoE §3.1)
-References: `ablation_report.spread` and the parameter counts of real `DeepSeekModel`s.
+References: `ablation.report.spread` and the parameter counts of real `DeepSeekModel`s.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import torch
 
-from ablation_report import spread
+from ablation.report import spread
 from components.deepseek_model import DeepSeekModel
 from constants import TINY
 from utils import count_active_parameters, count_parameters

@@ -43,7 +43,7 @@ def run_timed(out: str, seconds: float) -> None:
     trainer = Trainer(tiny_cfg(), train_cfg(None, max_steps=None, time_budget_min=seconds / 60, eval_every=5),
                       train_ids=ids[:5000], val_ids=ids[5000:])
     trainer.train()
-    torch.save({"steps": trainer.step, "horizon": trainer.horizon, "state": trainer.raw_model.state_dict()},
+    torch.save({"steps": trainer.step, "horizon": trainer.schedule.horizon, "state": trainer.raw_model.state_dict()},
                f"{out}.rank{rank}")
     trainer.close()
 

@@ -1,4 +1,4 @@
-"""The ablation harness (ablate.py) and its report (ablation_report.py).
+"""The ablation harness (ablation/run.py) and its report (ablation/report.py).
 
 One small study end to end: a 2x2 grid on TINY (vocabulary and context shrunk) over the bundled
 sample essays copied to tmp, a few steps per run. It must write 4 records, a table and plots;
@@ -14,8 +14,8 @@ import shutil
 import numpy as np
 import pytest
 
-import ablate
-import ablation_report
+from ablation import report as ablation_report
+from ablation import run as ablate
 from constants import DATA_DIR
 
 pytestmark = pytest.mark.usefixtures("offline_no_data_env")
@@ -103,7 +103,7 @@ def test_grid_records_report_skip_and_resume(corpus, tmp_path, monkeypatch, caps
     (["--variant", "x:atention=mha"], "unknown key 'atention'"),
     (["--variant", "x:attention=gqa"], "n_kv_heads"),
     (["--set", "top_k=two"], "expects an integer"),
-    (["--set", "seed=3"], "set by ablate.py's own flags"),
+    (["--set", "seed=3"], "set by the harness's own flags"),
     (["--grid", "top_k=1,8"], "top_k"),
 ])
 def test_bad_input_fails_with_one_line_before_any_work(bad, message, monkeypatch, capsys, tmp_path):
@@ -113,7 +113,7 @@ def test_bad_input_fails_with_one_line_before_any_work(bad, message, monkeypatch
     monkeypatch.setattr(ablate, "load_data", no_work)
     assert ablate.main(["--tokens", "64", "--out", str(tmp_path / "x"), *bad]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ablate.py: error:") and message in err, err
+    assert err.count("\n") == 1 and err.startswith("ablation: error:") and message in err, err
     assert not (tmp_path / "x").exists()
 
 

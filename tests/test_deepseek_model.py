@@ -40,13 +40,13 @@ def test_forward_shapes_and_aux():
     idx = torch.randint(0, cfg.vocab_size, (2, 10))
     logits, loss, aux = model(idx, targets=idx)
     assert logits.shape == (2, 10, cfg.vocab_size)
-    assert loss.shape == () and aux["ce"].shape == ()
-    assert len(aux["tokens_per_expert"]) == cfg.n_layers - cfg.n_dense_layers
-    assert aux["tokens_per_expert"][0].shape == (cfg.n_routed_experts,)
-    assert int(aux["tokens_per_expert"][0].sum()) == 2 * 10 * cfg.top_k
+    assert loss.shape == () and aux.ce.shape == ()
+    assert len(aux.moe) == cfg.n_layers - cfg.n_dense_layers
+    assert aux.moe[0].tokens_per_expert.shape == (cfg.n_routed_experts,)
+    assert int(aux.moe[0].tokens_per_expert.sum()) == 2 * 10 * cfg.top_k
     assert len(model.routers()) == cfg.n_layers - cfg.n_dense_layers
     logits, loss, aux = model(idx)
-    assert loss is None and aux["ce"] is None
+    assert loss is None and aux.ce is None
 
 
 def test_initial_loss_is_log_vocab():
@@ -54,7 +54,7 @@ def test_initial_loss_is_log_vocab():
     model = _model(TINY)
     idx = torch.randint(0, TINY.vocab_size, (4, 32))
     _, _, aux = model(idx, targets=torch.randint(0, TINY.vocab_size, (4, 32)))
-    assert abs(aux["ce"].item() - math.log(TINY.vocab_size)) < 0.3
+    assert abs(aux.ce.item() - math.log(TINY.vocab_size)) < 0.3
 
 
 def test_loss_is_ce_plus_weighted_balance_losses():
@@ -62,9 +62,9 @@ def test_loss_is_ce_plus_weighted_balance_losses():
     model = _model(cfg).train()
     idx = torch.randint(0, cfg.vocab_size, (2, 16))
     _, loss, aux = model(idx, targets=idx)
-    assert set(aux["balance_losses"]) == {"expert", "z"}
-    torch.testing.assert_close(loss.detach(), aux["ce"] + aux["balance_loss"], rtol=1e-6, atol=1e-6)
-    assert aux["ce"].item() > 0 and aux["balance_loss"].item() > 0
+    assert set(aux.balance_losses) == {"expert", "z"}
+    torch.testing.assert_close(loss.detach(), aux.ce + aux.balance_loss, rtol=1e-6, atol=1e-6)
+    assert aux.ce.item() > 0 and aux.balance_loss.item() > 0
 
 
 def test_parameter_counts_match_hand_count_for_tiny():
@@ -126,7 +126,7 @@ def test_dense_ffn_everywhere_has_no_routers():
     assert model.routers() == [] and not any(isinstance(m, MoE) for m in model.modules())
     idx = torch.randint(0, 256, (1, 8))
     _, loss, aux = model(idx, targets=idx)
-    assert aux["tokens_per_expert"] == [] and aux["balance_loss"].item() == 0.0
+    assert aux.moe == [] and aux.balance_loss.item() == 0.0
 
 
 def test_multi_token_prediction_adds_a_weighted_loss():
@@ -135,8 +135,8 @@ def test_multi_token_prediction_adds_a_weighted_loss():
     idx = torch.randint(0, cfg.vocab_size, (2, 16))
     targets = torch.randint(0, cfg.vocab_size, (2, 16))
     _, loss, aux = model(idx, targets=targets)
-    assert aux["mtp_loss"] is not None and aux["mtp_loss"].item() > 0
-    torch.testing.assert_close(loss.detach(), aux["ce"] + 0.3 * aux["mtp_loss"] + aux["balance_loss"])
+    assert aux.mtp_loss is not None and aux.mtp_loss.item() > 0
+    torch.testing.assert_close(loss.detach(), aux.ce + 0.3 * aux.mtp_loss + aux.balance_loss)
     loss.backward()
     assert model.mtp.projections[0].weight.grad.abs().sum() > 0
     # the MTP block's router is a router too: the trainer updates its bias as well
@@ -175,16 +175,16 @@ def test_tiny_model_overfits_one_batch():
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if aux["ce"].item() < 1.0:
+        if aux.ce.item() < 1.0:
             break
-    assert aux["ce"].item() < 1.0
+    assert aux.ce.item() < 1.0
 
 
 def test_fused_head_cross_entropy_equals_linear_plus_cross_entropy():
     """head_cross_entropy (the fp32 CPU training path) == F.linear + F.cross_entropy: values and gradients."""
     import torch.nn.functional as F
 
-    from components.deepseek_model import head_cross_entropy
+    from components.head_cross_entropy import head_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(12, 8, requires_grad=True)
@@ -210,7 +210,7 @@ def test_fused_head_cross_entropy_loss_only_and_underflowing_targets():
     probability underflows fp32 (a logit ~100 below the row's maximum: -log p would read inf)."""
     import torch.nn.functional as F
 
-    from components.deepseek_model import head_cross_entropy
+    from components.head_cross_entropy import head_cross_entropy
 
     torch.manual_seed(1)
     hidden = torch.randn(10, 6)

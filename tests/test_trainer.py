@@ -13,7 +13,13 @@ from training_helpers import ListBatches, fixed_batches, pattern_ids, tiny_cfg, 
 
 import checkpoint
 from components.deepseek_model import DeepSeekModel
-from trainer import NonFiniteLossError, TrainConfig, Trainer, fit_time_horizon, lr_factor, split_decay
+from schedule import fit_time_horizon, lr_at
+from trainer import NonFiniteLossError, TrainConfig, Trainer, split_decay
+
+
+def lr_factor(step, warmup_steps, horizon, min_lr_ratio):
+    """lr_at as a multiple of the peak lr."""
+    return lr_at(step, peak_lr=1.0, warmup_steps=warmup_steps, horizon=horizon, min_lr_ratio=min_lr_ratio)
 
 IDS = pattern_ids(6000)
 TRAIN_IDS, VAL_IDS = IDS[:5000], IDS[5000:]
@@ -36,9 +42,9 @@ def test_lr_factor_warmup_then_cosine_to_floor():
 
 def test_trainer_lr_follows_schedule_and_caps_warmup(tmp_path):
     long = Trainer(tiny_cfg(), train_cfg(None, max_steps=1000, warmup_steps=100), train_ids=TRAIN_IDS)
-    assert long.warmup_steps == 100 and long.lr_factor(550) == pytest.approx(0.55)
+    assert long.schedule.warmup_steps == 100 and long.schedule.lr(550) == pytest.approx(3e-3 * 0.55)
     short = Trainer(tiny_cfg(), train_cfg(None, max_steps=6, warmup_steps=100), train_ids=TRAIN_IDS)
-    assert short.warmup_steps == 0           # capped at 10% of a 6-step horizon
+    assert short.schedule.warmup_steps == 0           # capped at 10% of a 6-step horizon
     t = Trainer(tiny_cfg(), train_cfg(None, max_steps=20, warmup_steps=4), train_ids=TRAIN_IDS)
     t.train()
     used = [row["lr"] for row in t.metrics if row["kind"] == "train"]
@@ -49,10 +55,11 @@ def test_trainer_lr_follows_schedule_and_caps_warmup(tmp_path):
 def test_time_budget_fits_the_cosine_horizon_after_ten_steps():
     t = Trainer(tiny_cfg(), train_cfg(None, max_steps=None, time_budget_min=0.5, warmup_steps=100),
                 train_ids=TRAIN_IDS)
-    assert t.horizon is None and t.lr_factor(500) == 1.0        # unknown step rate: warmup, then hold
+    assert t.schedule.horizon is None and t.schedule.lr(500) == 3e-3   # unknown step rate: warmup, then hold
     t.train(steps=10)
-    assert isinstance(t.horizon, int) and t.horizon > 10        # ~30 s of steps at the measured rate
-    assert t.warmup_steps == min(100, t.horizon // 10) and t.lr_factor(t.horizon) == pytest.approx(0.1)
+    assert isinstance(t.schedule.horizon, int) and t.schedule.horizon > 10        # ~30 s of steps at the measured rate
+    horizon = t.schedule.horizon
+    assert t.schedule.warmup_steps == min(100, horizon // 10) and t.schedule.lr(horizon) == pytest.approx(3e-4)
 
 
 class SimulatedClock:
@@ -69,27 +76,29 @@ def test_time_budget_refits_the_horizon_when_the_step_rate_changes(monkeypatch):
     # 10 slow steps (3 s: a cold or busy start), then 1 s per step, in a 2-minute budget: about
     # 10 + 90 = 100 steps fit. One fit after 10 steps would end the cosine at ~38 and train the other
     # ~60 steps at the lr floor; the refits after 20, 40, 80 steps follow the real rate.
+    import schedule as schedule_module
     import trainer as trainer_module
 
     clock = SimulatedClock()
     monkeypatch.setattr(trainer_module, "time", clock)
+    monkeypatch.setattr(schedule_module, "time", clock)
     t = Trainer(tiny_cfg(), train_cfg(None, max_steps=None, time_budget_min=2.0, warmup_steps=100),
                 train_ids=TRAIN_IDS)
-    step = t._optimizer_step
+    step = trainer_module.train_step
     horizons = []
 
-    def timed_step(time_up):
+    def timed_step(*args, **kwargs):
         clock.now += 3.0 if t.step < 10 else 1.0
-        horizons.append(t.horizon)
-        return step(time_up=time_up)
+        horizons.append(t.schedule.horizon)
+        return step(*args, **kwargs)
 
-    t._optimizer_step = timed_step
+    monkeypatch.setattr(trainer_module, "train_step", timed_step)
     summary = t.train()
     assert summary["stopped_because"] == "time_budget"
     assert 95 <= summary["steps"] <= 102
     assert horizons[10] == pytest.approx(10 + 0.95 * (120 - 30) / 3, abs=1)   # first fit: the slow rate
     assert horizons[-1] == pytest.approx(summary["steps"], rel=0.05)          # refitted to the real rate
-    assert t.warmup_steps == horizons[10] // 10                               # fixed at the first fit
+    assert t.schedule.warmup_steps == horizons[10] // 10                               # fixed at the first fit
     used = [row["lr"] for row in t.metrics if row["kind"] == "train"]
     assert used[-1] == pytest.approx(3e-3 * 0.1, rel=0.05)                    # the cosine ends with the run
 
@@ -172,7 +181,7 @@ def test_router_bias_updated_once_per_step_with_summed_loads():
     t = Trainer(cfg, train_cfg(None, grad_accum=3, max_steps=2), train_ids=TRAIN_IDS)
     (router,) = t.raw_model.routers()
     micro_loads, updates = [], []
-    t.raw_model.register_forward_hook(lambda m, a, out: micro_loads.append(out[2]["tokens_per_expert"][0].clone()))
+    t.raw_model.register_forward_hook(lambda m, a, out: micro_loads.append(out[2].moe[0].tokens_per_expert.clone()))
     original = router.update_bias
 
     def recording_update(load):
@@ -324,7 +333,7 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def test_keep_freed_memory_in_heap_is_safe_to_call_repeatedly():
     """The CPU allocator setting the Trainer applies: a bool (False off glibc), idempotent, training unaffected."""
-    from trainer import keep_freed_memory_in_heap
+    from utils import keep_freed_memory_in_heap
 
     first, second = keep_freed_memory_in_heap(), keep_freed_memory_in_heap()
     assert isinstance(first, bool) and first == second

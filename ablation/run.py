@@ -1,8 +1,8 @@
 """Ablations: a grid (or a list) of ModelConfig variants x seeds, one budget for all, JSON records.
 
-    python ablate.py --study latent --preset tiny --grid kv_latent_dim=32,64,128 --seeds 0 1 --tokens 200000
-    python ablate.py --study attention --variant mha:attention=mha --variant gqa:attention=gqa,n_kv_heads=2 ...
-    python ablate.py report runs/ablations/latent      # Markdown table + plots (ablation_report.py)
+    python -m ablation --study latent --preset tiny --grid kv_latent_dim=32,64,128 --seeds 0 1 --tokens 200000
+    python -m ablation --study attention --variant mha:attention=mha --variant gqa:attention=gqa,n_kv_heads=2 ...
+    python -m ablation report runs/ablations/latent      # Markdown table + plots (report.py)
 
 Every run is `Trainer(replace(preset, **base_sets, **variant), TrainConfig(seed=s, max_steps=...))`,
 the project's one training loop; this file only expands the grid, fixes the budget and writes one
@@ -65,7 +65,7 @@ def typed_value(key: str, text: str) -> tuple[str, object]:
     key = key.strip().replace("-", "_")
     types = field_types(ModelConfig) | field_types(TrainConfig)
     if key not in types or key in OWN_TRAIN_FIELDS:
-        own = f"; {key} is set by ablate.py's own flags" if key in OWN_TRAIN_FIELDS else ""
+        own = f"; {key} is set by the harness's own flags" if key in OWN_TRAIN_FIELDS else ""
         names = ", ".join(f.name for f in fields(ModelConfig))
         raise UsageError(f"unknown key {key!r}{own}; ModelConfig keys: {names}; or a TrainConfig field")
     try:
@@ -208,11 +208,12 @@ def run_key(spec: RunSpec, data_id: dict) -> str:
 
 
 def source_hash() -> str:
-    """sha256 of the code a run executes (components/, data/, trainer.py): tells apart runs made
+    """sha256 of the code a run executes (components/, data/, the trainer's modules): tells apart runs made
     while the working tree was edited, which a commit id plus a dirty flag cannot."""
     digest = hashlib.sha256()
+    training = ["trainer.py", "train_config.py", "schedule.py", "run_log.py", "distributed.py", "utils.py"]
     for path in sorted([*PROJECT_ROOT.glob("components/*.py"), *PROJECT_ROOT.glob("data/*.py"),
-                        PROJECT_ROOT / "trainer.py", PROJECT_ROOT / "utils.py"]):
+                        *(PROJECT_ROOT / name for name in training if (PROJECT_ROOT / name).exists())]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -346,8 +347,8 @@ def find_done(path: Path, key: str, reuse_dirs: list[Path]) -> tuple[dict | None
 # --- command line --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CommandLine(prog="ablate.py", description=__doc__.split("\n\n")[0],
-                                epilog="Report: python ablate.py report DIR... [--out DIR]")
+    p = CommandLine(prog="python -m ablation", description=__doc__.split("\n\n")[0],
+                                epilog="Report: python -m ablation report DIR... [--out DIR]")
     p.add_argument("--study", default="study", help="name of the study (default 'study')")
     p.add_argument("--preset", default="tiny", help=f"base model: {', '.join(sorted(PRESETS))} (default tiny)")
     p.add_argument("--set", action="append", default=[], metavar="K=V[,K=V]", help="base overrides (any config field)")
@@ -375,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
-        from ablation_report import main as report_main
+        from ablation.report import main as report_main
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:                                                     # 1) everything checked before any work
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data and not Path(args.data).exists():
             raise UsageError(f"--data {args.data}: no such file or folder")
     except UsageError as err:
-        print(f"ablate.py: error: {err}", file=sys.stderr)
+        print(f"ablation: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("runs") / "ablations" / args.study)
     print(f"study {args.study!r}: {len(specs)} runs ({len(specs) // len(args.seeds)} variants x "
@@ -401,12 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        command = "python ablate.py " + shlex.join(without_shard(argv))    # the same records, unsharded
+        command = "python -m ablation " + shlex.join(without_shard(argv))    # the same records, unsharded
         run_all(specs, args, out, command, mine)
     finally:
         torch.set_num_threads(threads)
     if args.report and shard is None:
-        from ablation_report import write_report
+        from ablation.report import write_report
         write_report([out], out)
     return 0
 

@@ -1,6 +1,6 @@
-"""Turn ablation records (`ablate.py`'s JSON files) into a Markdown table and plots.
+"""Turn ablation records (the harness's JSON files) into a Markdown table and plots.
 
-    python ablate.py report runs/ablations/latent [more dirs] [--out DIR]
+    python -m ablation report runs/ablations/latent [more dirs] [--out DIR]
 
 Per run (a variant over its seeds) the table gives the final validation loss as mean ± sample
 standard deviation (ddof=1) over seeds, and the min-max range next to it: with 2-3 seeds the std
@@ -16,15 +16,16 @@ max/ideal load over training and its final value per run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
+from cli import CommandLine
+
 
 def load_records(dirs) -> list[dict]:
-    """Every record in the folders, in run order (study, then the order ablate.py ran them)."""
+    """Every record in the folders, in run order (study, then the order the harness ran them)."""
     records = []
     for d in dirs:
         for path in sorted(Path(d).glob("*.json")):
@@ -222,19 +223,19 @@ def write_report(dirs, out, plots: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="ablate.py report", description="Markdown table and plots from ablation records")
-    p.add_argument("dirs", nargs="+", help="folders holding ablate.py's JSON records")
+    p = CommandLine(prog="python -m ablation report", description="Markdown table and plots from ablation records")
+    p.add_argument("dirs", nargs="+", help="folders holding the harness's JSON records")
     p.add_argument("--out", help="where report.md and the PNGs go (default: the first folder)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
-        print(f"ablate.py report: error: no such folder: {', '.join(missing)}", file=sys.stderr)
+        print(f"ablation report: error: no such folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     try:
         path = write_report(args.dirs, args.out or args.dirs[0], plots=not args.no_plots)
     except ValueError as err:
-        print(f"ablate.py report: error: {err}", file=sys.stderr)
+        print(f"ablation report: error: {err}", file=sys.stderr)
         return 2
     print(path.read_text())
     print(f"wrote {path}")

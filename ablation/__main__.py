@@ -1,0 +1,5 @@
+import sys
+
+from ablation.run import main
+
+sys.exit(main())

@@ -1,0 +1,57 @@
+"""What the project's config dataclasses share (ModelConfig, TrainConfig, SamplingConfig), written once:
+the round trip through plain dicts (checkpoints and JSON records) and the checks of their fields.
+
+    @dataclass(frozen=True)
+    class MyConfig(Settings):
+        steps: int = 10
+        def __post_init__(self):
+            check(self, "a positive integer", "steps")     # ValueError: MyConfig.steps=0: must be a positive integer
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# what a field must be -> the test; the key is also the error message ("must be <key>")
+RULES = {
+    "a positive integer": lambda v: _is_int(v) and v > 0,
+    "an integer >= 0": lambda v: _is_int(v) and v >= 0,
+    "None or a positive integer": lambda v: v is None or (_is_int(v) and v > 0),
+    ">= 0": lambda v: v >= 0,                       # NaN fails every comparison, so it fails here too
+    "> 0": lambda v: v > 0,
+    "None or > 0": lambda v: v is None or v > 0,
+}
+
+
+def bad_field(obj, name: str, why: str) -> ValueError:
+    """The one-line error for a field: 'TrainConfig.lr=-1.0: must be a finite number > 0'."""
+    return ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r}: {why}")
+
+
+def check(obj, rule: str, *names: str) -> None:
+    """Raise `bad_field` for the first of `names` whose value breaks `rule` (a key of RULES)."""
+    test = RULES[rule]
+    for name in names:
+        if not test(getattr(obj, name)):
+            raise bad_field(obj, name, f"must be {rule}")
+
+
+class Settings:
+    """Mixin for a config dataclass: `to_dict()` and `from_dict()` (unknown keys are an error)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+        # JSON and checkpoints turn tuples into lists; every list-valued field of ours is a tuple
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

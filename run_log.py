@@ -1,0 +1,95 @@
+"""The metrics log and console output of a training run: rows in memory, metrics.jsonl, a progress bar.
+
+Each row is a dict with a `kind`: 'train' (what `trainer.train_step` logs, plus step, epoch, tokens,
+tokens_per_s, elapsed_s), 'eval' (val_loss, val_ppl, best_val_loss) or 'sample' (samples).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class RunLog:
+    """The metrics rows (in memory and appended to metrics.jsonl) and the console output of one run.
+
+    The file is opened at the first row: a fresh run that fails before logging anything leaves an
+    earlier run's metrics.jsonl as it was; `fresh=False` (a resumed run) appends to it.
+    """
+
+    def __init__(self, path: Path | None, quiet: bool, fresh: bool = True):
+        self.path, self.quiet, self.fresh = path, quiet, fresh
+        self.rows: list[dict] = []
+        self.file = self.bar = None
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.path is not None:
+            if self.file is None:
+                self.file = open(self.path, "w" if self.fresh else "a")
+                self.fresh = False
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()                     # a killed run keeps every complete line
+
+    def keep_until(self, step: int) -> None:
+        """Drop rows logged after `step` (a killed run logs steps it never saved)."""
+        if self.path is None or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:          # a line cut short by a kill
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(row)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.rows[:], self.fresh = kept, False      # in place: Trainer.metrics is this list
+
+    def train_row(self, row: dict) -> None:
+        self.record(row)
+        self.bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.1e}")
+        self.say(format_train_row(row), bar_only=True)
+
+    def eval_row(self, row: dict, improved: bool) -> None:
+        self.record(row)
+        self.say(f"step {row['step']} | val loss {row['val_loss']:.4f} | ppl {row['val_ppl']:.1f}"
+                 f"{' (best)' if improved else ''}")
+
+    def sample_row(self, row: dict) -> None:
+        self.record(row)
+        for r in row["samples"]:
+            text = f"{r['prompt']}{r['text']}".replace("\n", " / ")[:200] if r["text"] is not None else r["error"]
+            self.say(f"sample @ step {row['step']}: {text}")
+
+    def open_bar(self, total: int | None, initial: int) -> None:
+        from tqdm import tqdm  # console bar, on a TTY only (tqdm.auto warns in notebooks)
+
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                        disable=self.quiet or not sys.stderr.isatty())
+
+    def say(self, message: str | None, bar_only: bool = False) -> None:
+        """Print unless quiet (or None); under a progress bar, per-step lines stay in the bar."""
+        if self.quiet or message is None:
+            return
+        if self.bar is not None and not self.bar.disable:
+            if not bar_only:
+                self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def format_train_row(row: dict) -> str:
+    load = max(row["load_max_ratio"], default=None)
+    return (f"step {row['step']} | loss {row['loss']:.4f} | ce {row['ce']:.4f} | lr {row['lr']:.2e} | "
+            f"grad {row['grad_norm']:.3f} | {row['tokens_per_s']:,.0f} tok/s"
+            + (f" | load max/ideal {load:.2f}" if load is not None else ""))
