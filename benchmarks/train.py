@@ -1,8 +1,9 @@
 """Training throughput and MFU: our DeepSeekModel vs Hugging Face DeepseekV3ForCausalLM, same config.
 
     python -m benchmarks.train [--json OUT] [--quick] [--compile] [--profile]
+    python -m benchmarks.train --device cuda --dtype bf16 [--preset default]     (on a GPU)
 
-SMALL preset, batch 8 x 128 tokens, CPU fp32, 2 threads. One training step, on both sides:
+SMALL preset, batch 8 x 128 tokens, CPU fp32, 2 threads (defaults). One training step, on both sides:
 forward, cross-entropy over the vocabulary, backward, gradient clipping (norm 1.0, as the
 Trainer does) and a fused AdamW step with the Trainer's settings and decay groups.
 HF is built at the equivalent configuration (REFERENCE.md §4: hidden 256, 4 heads, q_lora_rank None,
@@ -22,6 +23,10 @@ dense FFN, K routed + shared experts, routers, the output head; not the embeddin
 6 = 2 FLOPs per multiply-add x (forward + 2 backward matmuls). Attention's own T^2 FLOPs are not
 counted (PaLM convention without the attention term; under 2% here). `peak` is measured in the
 same run: the best of several 2048^3 fp32 matmuls on the same threads, before, between and after.
+On a GPU (`--device cuda`), both sides run under the same autocast (`--dtype`, precision.py; fp16 adds
+a GradScaler to both), every step ends with torch.cuda.synchronize(), and the peak is the best of
+several 8192^3 matmuls in the autocast dtype (fp32 when --dtype fp32). The breakdown is CPU-only
+(its hooks time the host, which runs ahead of a GPU).
 
 Fairness notes. Both sides cycle through the same few random batches (one repeated batch gets
 memorised and makes exp() run on denormals, see `run`). `utils.keep_freed_memory_in_heap` (what
@@ -36,7 +41,6 @@ backward per part (full backward hooks), and the optimizer (clip + AdamW).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -48,10 +52,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from cli import CommandLine
 from components.deepseek_model import DeepSeekModel
-from constants import SMALL, TINY
+from constants import PRESETS, TINY
+from precision import PRECISIONS, Precision, backward, choose_precision, step_with_scaler
 from trainer import TrainConfig, make_optimizer
-from utils import count_active_parameters, keep_freed_memory_in_heap
+from utils import count_active_parameters, keep_freed_memory_in_heap, pick_device
 
 # HF experts implementations that run on CPU (transformers/integrations/moe.py; deepgemm/sonicmoe need
 # CUDA). batched_mm gathers one weight matrix per (token, slot) (GBs at these sizes; benchmarks/moe.py).
@@ -62,15 +68,24 @@ BATCH_POOL = 8
 
 # --- the machine's peak ------------------------------------------------------------------------
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    """Best-of-`repeats` fp32 GFLOP/s of a square matmul on the current threads (2 n^3 FLOPs each)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.empty(size, size)
-    torch.mm(a, b, out=out)                                      # warm the BLAS
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best-of-`repeats` GFLOP/s of a square matmul (2 n^3 FLOPs each) on the current threads or GPU."""
+    device = torch.device(device)
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    torch.mm(a, b, out=out)                                      # warm the BLAS / cuBLAS
+    synchronize(device)
     best = math.inf
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b, out=out)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
 
@@ -147,22 +162,29 @@ def build_hf(ours: DeepSeekModel, experts_implementation: str):
 # --- one training step ---------------------------------------------------------------------------
 
 class Side:
-    """A model, its fused AdamW (the Trainer's groups and settings) and its loss call."""
+    """A model, its fused AdamW (the Trainer's groups and settings), its loss call and its precision."""
 
-    def __init__(self, name: str, model: nn.Module, loss_fn, train_cfg: TrainConfig) -> None:
+    def __init__(self, name: str, model: nn.Module, loss_fn, train_cfg: TrainConfig,
+                 precision: Precision | None = None) -> None:
         self.name, self.model, self.loss_fn = name, model, loss_fn
         self.optimizer, self.fused = make_optimizer(model, train_cfg)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.grad_clip = train_cfg.grad_clip
+        self.precision = precision or Precision("fp32", "cpu")
+        self.device = next(model.parameters()).device
+        self.scaler = self.precision.make_scaler()
+        self.skipped_steps = 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One full optimizer step; returns its wall time in seconds."""
+        """One full optimizer step; returns its wall time in seconds (the GPU's work included)."""
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model, x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        with self.precision.autocast():
+            loss = self.loss_fn(self.model, x, y)
+        backward(loss, self.scaler)
+        _, skipped = step_with_scaler(self.optimizer, self.scaler, self.params, self.grad_clip)
+        self.skipped_steps += skipped
+        synchronize(self.device)
         return time.perf_counter() - start
 
 
@@ -257,39 +279,44 @@ def profile_table(side: Side, batches, steps: int = 3, rows: int = 30) -> str:
 
 def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeats: int | None = None,
         hf_experts: tuple[str, ...] = HF_DEFAULT_EXPERTS, compile_ours: bool = False,
-        profile: bool = False, batch_size: int | None = None) -> dict:
+        profile: bool = False, batch_size: int | None = None, device: str = "cpu", dtype: str = "fp32",
+        preset: str = "small") -> dict:
+    device = torch.device(device)
+    precision = choose_precision(device, dtype)
+    on_cpu = device.type == "cpu"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    heap = keep_freed_memory_in_heap()                    # as train.py does on CPU; process-wide: HF too
+    heap = keep_freed_memory_in_heap() if on_cpu else False    # as train.py does on CPU; process-wide: HF too
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None   # other processes (ours adds ~2)
-    cfg = replace(TINY, vocab_size=512) if quick else SMALL
+    cfg = replace(TINY, vocab_size=512) if quick else PRESETS[preset]
     B = batch_size or (2 if quick else 8)
     T = cfg.context_length
     warmup = warmup if warmup is not None else (1 if quick else 3)
     repeats = repeats if repeats is not None else (2 if quick else 10)
     train_cfg = TrainConfig()
 
-    ours = DeepSeekModel(cfg).train()
+    ours = DeepSeekModel(cfg).to(device).train()
     # A few different random batches, cycled: training on one repeated batch makes the model memorise
     # it within steps, pushes many log-probabilities below -87 and times exp() on denormals and
     # underflows (several times slower), which real training on text does not see.
-    batches = [(torch.randint(cfg.vocab_size, (B, T)), torch.randint(cfg.vocab_size, (B, T)))
-               for _ in range(BATCH_POOL)]
+    batches = [(torch.randint(cfg.vocab_size, (B, T), device=device),
+                torch.randint(cfg.vocab_size, (B, T), device=device)) for _ in range(BATCH_POOL)]
     x, y = batches[0]
-    sides = {"ours": Side("ours", ours, ours_loss, train_cfg)}
+    sides = {"ours": Side("ours", ours, ours_loss, train_cfg, precision)}
 
-    # HF: every CPU experts implementation is checked against our loss, the fastest one is kept
+    # HF: every experts implementation is checked against our loss (fp32, no autocast: the same
+    # function to 1e-4), the fastest one is kept
     with torch.no_grad():
         reference_loss = ours(x, y)[1].item()
     candidates = {}
     for implementation in hf_experts:
         try:
-            hf = build_hf(ours, implementation)
+            hf = build_hf(ours, implementation).to(device)
             with torch.no_grad():
                 hf_value = hf_loss(hf, x, y).item()
             if not math.isclose(hf_value, reference_loss, rel_tol=1e-4):
                 raise AssertionError(f"HF loss {hf_value:.6f} != ours {reference_loss:.6f}")
-            candidates[implementation] = Side(f"hf_{implementation}", hf, hf_loss, train_cfg)
+            candidates[implementation] = Side(f"hf_{implementation}", hf, hf_loss, train_cfg, precision)
         except Exception as error:                         # report, keep benchmarking the others
             print(f"HF experts implementation {implementation!r} skipped: {type(error).__name__}: {error}")
     if not candidates:
@@ -304,14 +331,15 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
     compile_s = None
     if compile_ours:
         compiled = torch.compile(ours)
-        sides["ours_compiled"] = Side("ours_compiled", compiled, ours_loss, train_cfg)
+        sides["ours_compiled"] = Side("ours_compiled", compiled, ours_loss, train_cfg, precision)
         start = time.perf_counter()
         sides["ours_compiled"].step(x, y)
         compile_s = time.perf_counter() - start
 
     # peak: measured before, between and after the timed rounds; the best is the machine's peak
-    peak_size = 512 if quick else 2048
-    peaks = [matmul_peak_gflops(peak_size)]
+    peak_size = (512 if quick else 2048) if on_cpu else 8192
+    peak_dtype = precision.autocast_dtype or torch.float32
+    peaks = [matmul_peak_gflops(peak_size, device=device, dtype=peak_dtype)]
     times: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(warmup + repeats):
         for name, side in sides.items():
@@ -319,15 +347,15 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
             if round_ >= warmup:
                 times[name].append(seconds)
         if round_ == warmup + repeats // 2:
-            peaks.append(matmul_peak_gflops(peak_size))
-    peaks.append(matmul_peak_gflops(peak_size))
+            peaks.append(matmul_peak_gflops(peak_size, device=device, dtype=peak_dtype))
+    peaks.append(matmul_peak_gflops(peak_size, device=device, dtype=peak_dtype))
     peak = max(peaks)
 
     n_tokens = B * T
     active = count_active_parameters(ours)
     tokens_per_s = {name: n_tokens / statistics.median(t) for name, t in times.items()}
     best_tokens_per_s = {name: n_tokens / min(t) for name, t in times.items()}
-    parts = breakdown(sides["ours"], batches, steps=2 if quick else 5)
+    parts = breakdown(sides["ours"], batches, steps=2 if quick else 5) if on_cpu else None
     result = {
         "train_vs_hf": tokens_per_s["ours"] / tokens_per_s["hf"],
         "train_vs_hf_paired": statistics.median(h / o for o, h in zip(times["ours"], times["hf"], strict=True)),
@@ -346,9 +374,13 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
         "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
         "breakdown_ms": parts,
         "peak_gflops_samples": peaks,
-        "config": {"preset": "TINY(vocab 512)" if quick else "SMALL", "batch_size": B, "context_length": T,
+        "skipped_steps": {name: side.skipped_steps for name, side in sides.items()},
+        "config": {"preset": "TINY(vocab 512)" if quick else preset.upper(), "batch_size": B, "context_length": T,
                    "tokens_per_step": n_tokens, "threads": threads, "warmup": warmup, "repeats": repeats,
-                   "dtype": "float32", "device": "cpu", "torch": torch.__version__, "freed_memory_kept_in_heap": heap,
+                   "dtype": precision.name, "precision": precision.describe(), "device": str(device),
+                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "peak_dtype": str(peak_dtype).removeprefix("torch."),
+                   "torch": torch.__version__, "freed_memory_kept_in_heap": heap,
                    "load_average_before": load_before,
                    "fused_adamw": {name: side.fused for name, side in sides.items()},
                    "total_params": sum(p.numel() for p in ours.parameters())},
@@ -365,9 +397,10 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
 
 def report(result: dict) -> None:
     c = result["config"]
+    where = f"{c['threads']} threads" if c["device"] == "cpu" else c["device_name"]
     print(f"Training step (forward, CE, backward, clip, fused AdamW), {c['preset']}, batch {c['batch_size']} x "
-          f"{c['context_length']}, fp32 CPU, {c['threads']} threads, median of {c['repeats']} interleaved steps")
-    print(f"  peak (best fp32 matmul)   {result['peak_gflops']:8.1f} GFLOP/s   samples "
+          f"{c['context_length']}, {c['precision']}, {where}, median of {c['repeats']} interleaved steps")
+    print(f"  peak (best {c['peak_dtype']} matmul) {result['peak_gflops']:8.1f} GFLOP/s   samples "
           + ", ".join(f"{p:.1f}" for p in result["peak_gflops_samples"]))
     print(f"  active parameters         {result['active_params']:,} (of {c['total_params']:,})")
     print(f"  ours                      {result['ours_tokens_per_s']:8,.0f} tokens/s  "
@@ -386,6 +419,9 @@ def report(result: dict) -> None:
     print(f"  fastest steps: ours {best['ours']:,.0f}, HF {best['hf']:,.0f} tokens/s -> ratio "
           f"{result['train_vs_hf_best']:.3f}, MFU {result['mfu_best']:.3f}   (load average before: {load})")
     parts = result["breakdown_ms"]
+    if parts is None:
+        print("  (no breakdown on a GPU: the hooks would time the host)")
+        return
     total = parts["step_total"]
     print(f"  where our step goes (hooked steps, {total:.1f} ms median):")
     for name, ms in parts.items():
@@ -395,21 +431,30 @@ def report(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CommandLine(prog="python -m benchmarks.train", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="TINY model, few steps: a smoke run, not a measurement")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="fp32", choices=PRECISIONS,
+                        help="fp32, or autocast in bf16/fp16 (fp16 with a GradScaler); auto = precision.py's policy")
+    parser.add_argument("--preset", default="small", choices=("small", "default"),
+                        help="model size (--quick overrides it with TINY)")
     parser.add_argument("--hf-experts", nargs="*", default=list(HF_DEFAULT_EXPERTS), choices=HF_EXPERTS,
                         help="HF experts implementations to try; the fastest is compared (default: %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (and its compile time)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our step")
     args = parser.parse_args(argv)
+    try:                                  # an unavailable device or an impossible dtype: one line, before work
+        choose_precision(pick_device(args.device), args.dtype)
+    except ValueError as error:
+        parser.error(str(error))
     result = run(quick=args.quick, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
                  hf_experts=tuple(args.hf_experts), compile_ours=args.compile, profile=args.profile,
-                 batch_size=args.batch_size)
+                 batch_size=args.batch_size, device=args.device, dtype=args.dtype, preset=args.preset)
     report(result)
     if args.json:
         with open(args.json, "w") as f:
