@@ -31,7 +31,8 @@ DEFAULT_TIME_BUDGET_MIN = 10.0      # README promise: `python train.py` ends on 
 # flag -> TrainConfig field, for the flags that map one-to-one
 TRAIN_FLAGS = {"max_steps": "max_steps", "epochs": "epochs", "time_budget": "time_budget_min",
                "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "eval_every": "eval_every",
-               "save_every": "save_every", "seed": "seed", "device": "device", "out": "out_dir"}
+               "save_every": "save_every", "seed": "seed", "device": "device", "dtype": "dtype",
+               "out": "out_dir"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, metavar="N", help="steps between latest.pt saves (default 200)")
     p.add_argument("--seed", type=int, help=f"model init and batch order (default {SEED}; the split is fixed)")
     p.add_argument("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="precision (default auto: fp32 on CPU/MPS, bf16 autocast on CUDA >= 8.0, else fp16 autocast "
+                        "with loss scaling; see precision.py)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pt")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -162,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     # 1) every setting is checked before any work starts
     try:
         model_cfg, train_cfg, resumed = resolve_configs(args)
+        from precision import choose_precision
         from utils import pick_device
 
-        pick_device(train_cfg.device)
+        choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
     except (UsageError, ValueError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

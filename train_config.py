@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from components.settings import Settings, bad_field, check
 from constants import SEED
-
-DTYPES = ("auto", "fp32", "bf16")
+from precision import PRECISIONS as DTYPES
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,8 @@ class TrainConfig(Settings):
     seed: int = SEED
     device: str = "auto"                 # 'auto' (cuda -> mps -> cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
     compile: bool = False                # torch.compile the model (opt-in: slow to start)
-    dtype: str = "auto"                  # 'auto': bf16 autocast on CUDA if supported, else fp32
+    dtype: str = "auto"                  # 'auto' | 'fp32' | 'bf16' | 'fp16' (precision.py: fp32 on CPU/MPS, bf16
+                                         # autocast on CUDA >= 8.0, else fp16 autocast with loss scaling)
     quiet: bool = False                  # no progress bar or log lines
 
     def __post_init__(self) -> None:

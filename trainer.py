@@ -29,7 +29,6 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,6 +48,7 @@ from distributed import (
     sum_over_ranks,
     wrap_ddp,
 )
+from precision import backward, choose_precision, optimizer_step, unscale_and_clip
 from run_log import RunLog
 from schedule import CosineSchedule, TimeBudget
 from train_config import TrainConfig
@@ -134,12 +134,15 @@ def load_summary(loads: torch.Tensor | None) -> dict:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg: TrainConfig, *, lr: float,
-               device: torch.device, dist_info: DistInfo = ONE_PROCESS, autocast=nullcontext) -> dict:
+               device: torch.device, dist_info: DistInfo = ONE_PROCESS, autocast=nullcontext,
+               scaler: torch.amp.GradScaler | None = None) -> dict:
     """One optimizer step over cfg.grad_accum micro-batches from `batches.next()`; returns the logged values.
 
     Logged: loss, ce, balance losses, mtp_loss (averaged over micro-batches and ranks), lr, grad_norm
-    (before clipping) and per MoE layer the expert loads. Raises NonFiniteLossError, before the
-    weights are touched, if the loss or the gradient norm is not finite.
+    (before clipping), per MoE layer the expert loads, and with an fp16 `scaler` whether the step was
+    skipped (an overflowed gradient: no update, no bias change, the scale halves; see precision.py).
+    Raises NonFiniteLossError, before the weights are touched, if the loss (or, without a scaler, the
+    gradient norm) is not finite.
     """
     raw_model = ckpt_io.unwrap(model)                     # the model inside DDP / torch.compile
     optimizer.zero_grad(set_to_none=True)
@@ -151,27 +154,29 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
         with nullcontext() if sync else model.no_sync():
             with autocast():
                 _, loss, stats = model(x, y)
-            (loss / cfg.grad_accum).backward()
+            backward(loss / cfg.grad_accum, scaler)          # loss.backward(), via the fp16 scaler if any
         for name, value in logged_losses(loss, stats).items():
             sums[name] = sums.get(name, 0.0) + value.float() / cfg.grad_accum
         if stats.moe:                                     # (layers, E + 1): tokens per expert, then dropped
             counts = torch.stack([torch.cat([s.tokens_per_expert, s.dropped_tokens.view(1)]) for s in stats.moe])
             loads = counts if loads is None else loads + counts
-    # the gradient norm before clipping (with an infinite threshold, clipping only measures)
+    # the true gradient norm before clipping (with an infinite threshold, clipping only measures)
     params = [p for p in raw_model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
+    grad_norm = unscale_and_clip(optimizer, scaler, params, cfg.grad_clip)
     names = sorted(sums)
     means = mean_over_ranks(torch.stack([sums[k] for k in names]), dist_info).tolist()
     logged = dict(zip(names, means, strict=True)) | {"lr": lr, "grad_norm": grad_norm.item()}
-    if not (math.isfinite(logged["loss"]) and math.isfinite(logged["grad_norm"])):
+    if not (math.isfinite(logged["loss"]) and (scaler is not None or math.isfinite(logged["grad_norm"]))):
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLossError(f"loss={logged['loss']}, grad_norm={logged['grad_norm']}")
     for group in optimizer.param_groups:                  # this step's lr, from the schedule
         group["lr"] = lr
-    optimizer.step()
+    skipped = optimizer_step(optimizer, scaler)           # AdamW (fp16: unless a gradient overflowed)
+    if scaler is not None:
+        logged["skipped_step"] = skipped
     # aux-loss-free balancing (DeepSeek-V3 §2.1.2): one bias update from the whole step's loads,
     # summed over micro-batches and ranks, so that every rank applies the same update
-    if loads is not None:
+    if loads is not None and not skipped:
         loads = sum_over_ranks(loads, dist_info)
         for router, counts in zip(raw_model.routers(), loads[:, :-1], strict=True):
             router.update_bias(counts)
@@ -260,12 +265,6 @@ def eval_share(cfg: TrainConfig, context_length: int, val_ids) -> float:
     return n_eval / (3 * cfg.grad_accum * cfg.eval_every)
 
 
-def autocast_dtype_for(dtype: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast when asked, or by default on a CUDA device that supports it; else None (fp32)."""
-    auto = dtype == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.bfloat16 if dtype == "bf16" or auto else None
-
-
 def check_data(data, train_ids, val_ids, train_batches, context_length: int) -> tuple:
     """(train_ids, val_ids) from `prepare_data` output or the arrays; ValueError if unusable."""
     train_ids = data.train_ids if data is not None else train_ids
@@ -291,14 +290,14 @@ class Trainer:
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None, data=None, *,
                  train_ids=None, val_ids=None, train_batches=None, resume: bool | str | os.PathLike = False):
-        cfg = self.cfg = train_cfg or TrainConfig()
-        self.model_cfg = model_cfg
+        cfg, self.model_cfg = train_cfg or TrainConfig(), model_cfg
+        self.cfg = cfg
         # 1) processes and device
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist)
-        self.autocast_dtype = autocast_dtype_for(cfg.dtype, self.device)
-        self._autocast = (partial(torch.autocast, self.device.type, self.autocast_dtype) if self.autocast_dtype
-                          else nullcontext)
+        self.precision = choose_precision(self.device, cfg.dtype)     # fp32 on CPU; see precision.py
+        self.autocast_dtype, self._autocast = self.precision.autocast_dtype, self.precision.autocast
+        self.scaler = self.precision.make_scaler()                    # fp16 only
         # 2) data: each rank draws its own random windows (seed + rank)
         self.train_ids, self.val_ids = check_data(data, train_ids, val_ids, train_batches, model_cfg.context_length)
         self.batches = train_batches if train_batches is not None else TrainBatches(
@@ -316,8 +315,7 @@ class Trainer:
         n_train = None if self.train_ids is None else len(self.train_ids)
         self.budget_steps = budget_horizon(cfg, n_train, self.tokens_per_step)     # None: only time limits it
         self.schedule = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, self.budget_steps)
-        self.step, self.best_val_loss, self.last_val_loss, self.last_saved = 0, math.inf, None, None
-        self.samples: list[dict] = []
+        self.step, self.best_val_loss, self.last_val_loss, self.last_saved, self.samples = 0, math.inf, None, None, []
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         path = self.out_dir / "metrics.jsonl" if self.out_dir and self.dist.is_main else None
         self.log = RunLog(path, quiet=cfg.quiet or not self.dist.is_main)
@@ -330,8 +328,7 @@ class Trainer:
             ckpt_io.remove_stale_temp_files(self.out_dir)
 
     @property
-    def epoch(self) -> float:
-        """Passes over the training tokens, all ranks together."""
+    def epoch(self) -> float:                                 # passes over the training tokens, all ranks
         return float(getattr(self.batches, "epoch", 0.0)) * self.dist.world_size
 
     def _stop_reason(self, target: int | None, budget: TimeBudget | None) -> str | None:
@@ -360,7 +357,8 @@ class Trainer:
                 step_started = time.perf_counter()
                 try:
                     row = train_step(self.model, self.optimizer, self.batches, cfg, lr=self.schedule.lr(self.step),
-                                     device=self.device, dist_info=self.dist, autocast=self._autocast)
+                                     device=self.device, dist_info=self.dist, autocast=self._autocast,
+                                     scaler=self.scaler)
                 except NonFiniteLossError as err:
                     raise err.at(self.step + 1, self.last_saved) from None
                 self.step, steps_done = self.step + 1, steps_done + 1
@@ -408,8 +406,7 @@ class Trainer:
                               context_length=self.model_cfg.context_length, max_batches=self.cfg.eval_batches,
                               device=self.device, autocast=self._autocast)
             self.last_val_loss = result["val_loss"]
-            improved = result["val_loss"] < self.best_val_loss
-            if improved:
+            if improved := result["val_loss"] < self.best_val_loss:
                 self.best_val_loss = result["val_loss"]
                 self._save_best(result["val_loss"])
             self.log.eval_row({"kind": "eval", "step": self.step, "epoch": round(self.epoch, 5), **result,
@@ -432,15 +429,18 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything latest.pt holds. Collective under DDP: each rank's RNG and sampler are gathered."""
         per_rank = gather_objects((ckpt_io.capture_rng(), self.batches.state_dict()), self.dist)
-        return ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind="latest", train_config=self.cfg.to_dict(),
+        ckpt = ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind="latest", train_config=self.cfg.to_dict(),
                                        optimizer=self.optimizer, rng=[rng for rng, _ in per_rank],
                                        data=[data for _, data in per_rank], trainer=self._progress())
+        return ckpt | ({"grad_scaler": self.scaler.state_dict()} if self.scaler else {})
 
     def load_state_dict(self, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
         """Continue from a latest.pt; the current TrainConfig's lr and budgets win."""
         check_resumable(ckpt, path)
         ckpt_io.load_model_state(self.raw_model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("grad_scaler"):              # fp16: the loss scale goes on
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step = int(ckpt["step"])
         progress = ckpt.get("trainer", {})
         self.best_val_loss, self.last_val_loss = progress.get("best_val_loss", math.inf), progress.get("last_val_loss")
@@ -477,6 +477,5 @@ class Trainer:
                                            trainer=self._progress() | {"val_loss": val_loss})
             ckpt_io.atomic_save(ckpt, self.out_dir / "best_model.pt")
 
-    def close(self) -> None:
-        """Leave the process group if this Trainer joined it."""
+    def close(self) -> None:                                  # leave the process group if we joined it
         close_distributed(self.dist)

@@ -167,8 +167,6 @@ def test_trainer_resume_equals_continuous(name, tmp_path):
     import trainer
 
     cuda_precision(name)
-    if name not in trainer.DTYPES:
-        pytest.skip(f"the Trainer does not accept --dtype {name} yet (accepts {trainer.DTYPES})")
     ids = pattern_ids(6000)
     cfg = tiny_cfg(dropout=0.1, router_noise_std=0.05, balancing="both")
     settings = dict(max_steps=8, grad_accum=2, eval_every=3, device=str(DEVICE), dtype=name)

@@ -103,6 +103,34 @@ def test_time_budget_refits_the_horizon_when_the_step_rate_changes(monkeypatch):
     assert used[-1] == pytest.approx(3e-3 * 0.1, rel=0.05)                    # the cosine ends with the run
 
 
+def test_a_time_fit_shorter_than_the_warmup_shrinks_the_warmup(monkeypatch):
+    # max_steps=2000 fixes a 100-step warmup up front; a 1-minute budget at 1 s/step then fits ~57
+    # steps. The warmup must shrink with the horizon: the run reaches the peak lr and decays to the
+    # floor, instead of ending still on its warmup ramp (the chapter 6 run that never left warmup).
+    import schedule as schedule_module
+    import trainer as trainer_module
+
+    clock = SimulatedClock()
+    monkeypatch.setattr(trainer_module, "time", clock)
+    monkeypatch.setattr(schedule_module, "time", clock)
+    t = Trainer(tiny_cfg(), train_cfg(None, max_steps=2000, time_budget_min=1.0, warmup_steps=100),
+                train_ids=TRAIN_IDS)
+    assert t.schedule.warmup_steps == 100
+    step = trainer_module.train_step
+
+    def timed_step(*args, **kwargs):
+        clock.now += 1.0
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", timed_step)
+    summary = t.train()
+    assert summary["stopped_because"] == "time_budget" and summary["steps"] < 100
+    assert t.schedule.warmup_steps <= summary["steps"] // 10
+    used = [row["lr"] for row in t.metrics if row["kind"] == "train"]
+    assert max(used) > 0.95 * 3e-3                                  # the peak is reached ...
+    assert used[-1] == pytest.approx(3e-3 * 0.1, rel=0.1)          # ... and the cosine ends with the run
+
+
 def test_fit_time_horizon_is_the_remaining_time_over_the_step_cost():
     assert fit_time_horizon(40, remaining_s=100.0, step_s=0.9, overhead_s_per_step=0.1) == 40 + 95
     assert fit_time_horizon(40, remaining_s=-5.0, step_s=1.0, overhead_s_per_step=0.0) == 40   # time is up
@@ -125,7 +153,7 @@ def test_weight_decay_skips_norms_biases_and_embeddings():
 
 def test_config_validation_names_the_field():
     for bad, field in [(dict(lr=-1.0), "lr"), (dict(batch_size=0), "batch_size"), (dict(grad_accum=1.5), "grad_accum"),
-                       (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(dtype="fp16"), "dtype"),
+                       (dict(min_lr_ratio=2.0), "min_lr_ratio"), (dict(dtype="fp8"), "dtype"),
                        (dict(max_steps=None, epochs=None, time_budget_min=None), "max_steps"),
                        (dict(betas=(0.9, 1.0)), "betas"), (dict(grad_clip=0.0), "grad_clip")]:
         with pytest.raises(ValueError, match=rf"^TrainConfig\.{field}="):
@@ -339,3 +367,26 @@ def test_keep_freed_memory_in_heap_is_safe_to_call_repeatedly():
     assert isinstance(first, bool) and first == second
     big = torch.ones(64 * 2**20 // 4)          # 64 MB: above glibc's default mmap threshold
     assert float(big.sum()) == big.numel()
+
+
+def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly_on_cpu(tmp_path):
+    """--dtype fp16 on the CPU's autocast: a GradScaler, its state in latest.pt, skipped steps logged;
+    4 steps + resume + 4 steps == 8 steps, to the bit (whatever steps the scaler skips, both runs skip)."""
+    cfg = tiny_cfg()
+    settings = dict(max_steps=8, eval_every=0, dtype="fp16")
+    full = Trainer(cfg, train_cfg(tmp_path / "full", **settings), train_ids=TRAIN_IDS, val_ids=VAL_IDS)
+    assert full.scaler is not None and full.autocast_dtype == torch.float16
+    full.train()
+    rows = [r for r in full.metrics if r["kind"] == "train"]
+    assert all("skipped_step" in r for r in rows) and all(math.isfinite(r["loss"]) for r in rows)
+    first = Trainer(cfg, train_cfg(tmp_path / "split", **settings), train_ids=TRAIN_IDS, val_ids=VAL_IDS)
+    first.train(steps=4)
+    saved = checkpoint.load_checkpoint(tmp_path / "split" / "latest.pt")
+    assert saved["grad_scaler"]["scale"] == first.scaler.get_scale()
+    del first
+    second = Trainer(cfg, train_cfg(tmp_path / "split", **settings), train_ids=TRAIN_IDS, val_ids=VAL_IDS,
+                     resume=True)
+    second.train()
+    assert second.scaler.get_scale() == full.scaler.get_scale()
+    for key, value in full.raw_model.state_dict().items():
+        torch.testing.assert_close(second.raw_model.state_dict()[key], value, atol=0, rtol=0)
