@@ -110,9 +110,11 @@ class CosineSchedule:
     """The run's schedule: `lr(step)` = `lr_at` with this run's peak, warmup, floor and horizon.
 
     The horizon is known up front for a step or epoch budget; a wall-clock budget sets it later
-    (`set_horizon`, from `TimeBudget.fit`). The warmup is cfg.warmup_steps capped at 10% of the
-    horizon (20 steps of a 100-step warmup teach nothing), fixed the first time a horizon is known:
-    a refitted, longer horizon must not send the lr back into its warmup ramp.
+    (`set_horizon`, from `TimeBudget.fit`), and may shorten a step budget's horizon. The warmup is
+    cfg.warmup_steps capped at 10% of the horizon (20 steps of a 100-step warmup teach nothing). It
+    only ever shrinks: a shorter horizon shrinks it with the cosine (else a time budget shorter than
+    the warmup would end the run still climbing), and a refitted, longer horizon must not send the lr
+    back into its warmup ramp.
     """
 
     def __init__(self, peak_lr: float, warmup_steps: int, min_lr_ratio: float, horizon: int | None):
@@ -122,8 +124,8 @@ class CosineSchedule:
         self.set_horizon(horizon)
 
     def set_horizon(self, horizon: int | None) -> None:
-        if horizon is not None and self.horizon is None:
-            self.warmup_steps = min(self.requested_warmup, horizon // 10)
+        if horizon is not None:
+            self.warmup_steps = min(self.warmup_steps, horizon // 10)
         self.horizon = horizon
 
     def lr(self, step: int) -> float:
