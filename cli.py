@@ -1,7 +1,9 @@
 """What every command line of the project shares: typed KEY=VALUE values and one argparse convention.
 
 - `parse_value("3e-4", float)` types a `--set KEY=VALUE` value by the config field's annotation
-  (train.py, `python -m ablation` and inference.py all parse with it).
+  (train.py and `python -m ablation` parse with it; inference.py's settings also accept 'off' for
+  None and word their errors for a prompt, so `inference.parser_for` builds its parsers from the
+  same annotations).
 - `CommandLine` is argparse with the project's conventions: a bad flag is one line on stderr and
   exit code 2 (no usage block); every long flag accepts both spellings (`--max-steps` and
   `--max_steps`); `--help` shows each flag's default.

@@ -9,6 +9,8 @@ A thin command line over `components.generation`: every flag takes underscores o
 loaded (a bad value is one error line and exit code 2), and a missing or corrupt checkpoint is one
 line and exit code 1. After each completion a report line says how fast it was and how big the KV
 cache got: the number that MLA shrinks (kv_latent_dim + rope_head_dim values per token per layer).
+The flags, the interactive ':name value' commands and :help are built from the fields of
+`SamplingConfig` and `RunSettings` (type, default and help text), so a setting is written once.
 
 Generation stops at max_new_tokens, at <|endoftext|>, or as soon as the decoded text contains a
 --stop string (the text is cut just before it).
@@ -22,55 +24,31 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass, fields
 
 import torch
 
+from cli import CommandLine, field_types
 from components.beam_search import beam_search
-from components.generation import SamplingConfig, stream_tokens
+from components.generation import SamplingConfig, knob, stream_tokens
 from constants import EOT_TOKEN_ID
 from utils import ENDOFTEXT, get_tokenizer, pick_device
 
 DEFAULT_MODEL_PATH = "checkpoints/best_model.pt"
-HELP = """commands (a line starting with ':'; anything else is a prompt):
-  :temperature 1.1   :temperature_end 0.5   :top_k 20   :top_p 0.9   :max_new_tokens 50
-  :repetition_penalty 1.2   :presence_penalty 0.5   :frequency_penalty 0.5   :no_repeat_ngram_size 3
-  :seed 7   :beams 4   :length_penalty 1.0   :num_samples 2   :absorb off   :stop <text>
-  'none' turns an optional setting off (:top_k none); ':stop none' clears the stop strings
-  :show   current settings      :help   this text      :quit or :q (or end of input)   leave"""
+def parser_for(annotation):
+    """The parser of a setting's values, from its field type: int or float, optionally None ('none' or 'off')."""
+    optional = type(None) in getattr(annotation, "__args__", ())
+    kind = int if annotation in (int, int | None) else float
+    expected = ("an integer" if kind is int else "a number") + (" or 'none'" if optional else "")
 
-
-# --- values: one parser per setting, shared by the flags and the ':name value' commands -----------
-
-def integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer, got {text!r}") from None
-
-
-def number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-
-
-def integer_or_none(text: str) -> int | None:
-    if text.strip().lower() in ("none", "off"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"expected an integer or 'none', got {text!r}") from None
-
-
-def number_or_none(text: str) -> float | None:
-    if text.strip().lower() in ("none", "off"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"expected a number or 'none', got {text!r}") from None
+    def parse(text: str):
+        if optional and text.strip().lower() in ("none", "off"):
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"expected {expected}, got {text!r}") from None
+    return parse
 
 
 def flag_type(parse):
@@ -96,64 +74,78 @@ def on_off(text: str) -> bool:
     raise ValueError(f"expected on or off, got {text!r}")
 
 
-# name -> (parser, default, help). Sampling names match SamplingConfig's fields.
-SETTINGS = {
-    "max_new_tokens": (integer, 100, "tokens to generate per completion"),
-    "temperature": (number, 0.8, "softmax temperature; 0 = greedy"),
-    "temperature_end": (number_or_none, None, "linear temperature schedule: value at the last token"),
-    "top_k": (integer_or_none, None, "keep the k most likely tokens ('none' = off)"),
-    "top_p": (number_or_none, None, "nucleus sampling mass in (0, 1] ('none' = off)"),
-    "repetition_penalty": (number, 1.0, "CTRL penalty for tokens already present (1 = off)"),
-    "presence_penalty": (number, 0.0, "subtract this from seen tokens' logits (0 = off)"),
-    "frequency_penalty": (number, 0.0, "subtract this times the count from logits (0 = off)"),
-    "no_repeat_ngram_size": (integer, 0, "never repeat an n-gram of this size (0 = off)"),
-    "seed": (integer_or_none, None, "seed for reproducible sampling (sample i uses seed + i)"),
-    "beams": (integer, 1, "beam search with this many beams when > 1 (sampling flags are ignored)"),
-    "length_penalty": (number, 1.0, "beam search: score = log p / new_tokens ** length_penalty"),
-    "num_samples": (integer, 1, "completions per prompt"),
-}
-SAMPLING_NAMES = ("temperature", "top_k", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
-                  "no_repeat_ngram_size", "temperature_end", "seed")
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings of a run besides SamplingConfig's knobs, validated the same way (one-line ValueError)."""
+
+    max_new_tokens: int = knob(100, "tokens to generate per completion")
+    beams: int = knob(1, "beam search with this many beams when > 1 (sampling flags are ignored)")
+    length_penalty: float = knob(1.0, "beam search: score = log p / new_tokens ** length_penalty")
+    num_samples: int = knob(1, "completions per prompt (sample i uses seed + i)")
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "beams", "num_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"length_penalty={self.length_penalty!r}: must be a finite number")
+
+
+# The flags, the ':name value' commands and :help all come from the fields of these two dataclasses.
+NOT_SETTINGS = ("stop_tokens",)     # the command line stops at <|endoftext|> and at --stop strings instead
+CLI_DEFAULTS = {"temperature": 0.8}  # a little cooler than the model's own distribution reads better
+
+
+def settings_of(*classes) -> dict:
+    """name -> (parser, default, help) for every field of `classes` (but NOT_SETTINGS)."""
+    table = {}
+    for cls in classes:
+        types = field_types(cls)
+        for f in fields(cls):
+            if f.name not in NOT_SETTINGS:
+                table[f.name] = (parser_for(types[f.name]), CLI_DEFAULTS.get(f.name, f.default), f.metadata["help"])
+    return table
+
+
+SETTINGS = settings_of(RunSettings, SamplingConfig)
+STOP_HELP = "stop when the text contains this (repeatable)"
+ABSORB_HELP = "MLA: decompress the cache into keys and values (naive path) instead of absorbing (the default)"
+HELP = "\n".join([
+    "commands (a line starting with ':'; anything else is a prompt), e.g. :temperature 1.1  :top_k none",
+    *(f"  :{name:<22}{help_text}" for name, (_, _, help_text) in SETTINGS.items()),
+    f"  :{'absorb on|off':<22}MLA: absorbed attention (on) or the naive path, as --no_absorb (off)",
+    f"  :{'stop <text>':<22}{STOP_HELP}; ':stop none' clears them",
+    "  :show   current settings      :help   this text      :quit or :q (or end of input)   leave",
+])
+
+
+def pick(cls, settings: dict) -> dict:
+    """The values in `settings` of cls's fields."""
+    return {f.name: settings[f.name] for f in fields(cls) if f.name in settings}
 
 
 def sampling_config(settings: dict, sample: int = 0) -> SamplingConfig:
     """Validate every setting (one-line ValueError) and return the sampling part for sample i."""
-    for name in ("max_new_tokens", "beams", "num_samples"):
-        if settings[name] < 1:
-            raise ValueError(f"{name}={settings[name]!r}: must be an integer >= 1")
-    if not math.isfinite(settings["length_penalty"]):
-        raise ValueError(f"length_penalty={settings['length_penalty']!r}: must be a finite number")
+    RunSettings(**pick(RunSettings, settings))
     if any(not stop for stop in settings["stop"]):
         raise ValueError("stop: a stop string must not be empty")
-    values = {name: settings[name] for name in SAMPLING_NAMES}
+    values = pick(SamplingConfig, settings)
     if values["seed"] is not None:
         values["seed"] += sample
     return SamplingConfig(**values, stop_tokens=(EOT_TOKEN_ID,))
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but an error is one line (no usage block) and exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="inference.py", description="Sample from a DeepSeek-from-scratch checkpoint.")
-
-    def spellings(name: str) -> list[str]:
-        return sorted({f"--{name}", f"--{name.replace('_', '-')}"}, key=lambda flag: "-" in flag[2:])
-
-    parser.add_argument(*spellings("model_path"), "--checkpoint", dest="model_path", default=DEFAULT_MODEL_PATH,
-                        help=f"checkpoint file (default {DEFAULT_MODEL_PATH})")
+def build_parser() -> CommandLine:
+    parser = CommandLine(prog="inference.py", description="Sample from a DeepSeek-from-scratch checkpoint.")
+    parser.add_argument("--model_path", "--checkpoint", dest="model_path", default=DEFAULT_MODEL_PATH,
+                        help="checkpoint file")
     parser.add_argument("--prompt", default=None, help="text to continue (default: start from <|endoftext|>)")
     parser.add_argument("--interactive", "-i", action="store_true", help="prompt loop on stdin; type :help")
     for name, (parse, default, help_text) in SETTINGS.items():
-        parser.add_argument(*spellings(name), dest=name, type=flag_type(parse), default=default, help=help_text)
-    parser.add_argument("--stop", action="append", default=[], help="stop when the text contains this (repeatable)")
+        parser.add_argument(f"--{name}", dest=name, type=flag_type(parse), default=default, help=help_text)
+    parser.add_argument("--stop", action="append", default=[], help=STOP_HELP)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
-    parser.add_argument(*spellings("no_absorb"), dest="absorb", action="store_false",
-                        help="MLA: decompress the cache into keys and values (naive path) instead of absorbing")
+    parser.add_argument("--no_absorb", dest="absorb", action="store_false", help=ABSORB_HELP)
     return parser
 
 

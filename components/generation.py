@@ -37,38 +37,33 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 
+def knob(default, help: str):
+    """A SamplingConfig field with its help text: inference.py builds its flags, its ':name value'
+    commands and its help from these fields, so each setting is written once, here."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Every knob of one sampling run, validated once at construction.
+    """Every knob of one sampling run, validated once at construction (each field's help says what it does)."""
 
-    Args:
-        temperature: tau >= 0; 0 = greedy (argmax), 1 = the model's distribution.
-        top_k: keep the k most likely tokens (None = all).
-        top_p: nucleus mass in (0, 1] (None = off).
-        repetition_penalty: CTRL penalty p > 0 for tokens already present (1 = off).
-        presence_penalty, frequency_penalty: OpenAI-style subtractive penalties (0 = off).
-        no_repeat_ngram_size: n >= 0; never repeat an n-gram (0 = off).
-        temperature_end: if set, tau goes linearly from `temperature` (first new token) to this
-            value (last new token).
-        stop_tokens: token ids that end a row (the stop token is kept in the output).
-        seed: seeds a local torch.Generator (None = use the global RNG).
-    """
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
-    temperature_end: float | None = None
-    stop_tokens: tuple[int, ...] = ()
-    seed: int | None = None
+    temperature: float = knob(1.0, "softmax temperature tau >= 0; 0 = greedy (argmax), 1 = the model's distribution")
+    top_k: int | None = knob(None, "keep the k most likely tokens (none = all)")
+    top_p: float | None = knob(None, "nucleus sampling: keep the most likely tokens up to this mass, in (0, 1] "
+                                     "(none = off)")
+    repetition_penalty: float = knob(1.0, "CTRL penalty p > 0 for tokens already present (1 = off)")
+    presence_penalty: float = knob(0.0, "subtract this from the logits of tokens already present (0 = off)")
+    frequency_penalty: float = knob(0.0, "subtract this times the token's count so far from its logit (0 = off)")
+    no_repeat_ngram_size: int = knob(0, "never repeat an n-gram of this size (0 = off)")
+    temperature_end: float | None = knob(None, "linear temperature schedule: tau at the last new token "
+                                               "(none = constant)")
+    stop_tokens: tuple[int, ...] = knob((), "token ids that end a row (the stop token is kept in the output)")
+    seed: int | None = knob(None, "seed of a local torch.Generator, for reproducible sampling (none = global RNG)")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> None:
@@ -97,10 +92,10 @@ class SamplingConfig:
             bad("no_repeat_ngram_size", "must be an integer >= 0 (0 = off)")
         if self.seed is not None and not (is_int(self.seed) and self.seed >= 0):
             bad("seed", "must be None or an integer >= 0")
-        stops = self.stop_tokens
-        if isinstance(stops, int) or not all(is_int(t) and t >= 0 for t in stops):
-            bad("stop_tokens", "must be a sequence of token ids >= 0")
-        object.__setattr__(self, "stop_tokens", tuple(stops))   # accept lists; store a tuple (hashable)
+        stops = (self.stop_tokens,) if is_int(self.stop_tokens) else tuple(self.stop_tokens or ())
+        if not all(is_int(t) and t >= 0 for t in stops):
+            bad("stop_tokens", "must be a token id >= 0 or a sequence of them")
+        object.__setattr__(self, "stop_tokens", stops)   # accept one id, a list or None; store a tuple (hashable)
 
     def temperature_at(self, step: int, n_steps: int) -> float:
         """tau for new token number `step` (0-based) of `n_steps`: linear from temperature to temperature_end."""
@@ -284,20 +279,17 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: Samplin
             logits = _forward_last(model, next_token, caches, absorb)           # (B, V)
 
 
-def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
-             frequency_penalty: float = 0.0, no_repeat_ngram_size: int = 0, temperature_end: float | None = None,
-             stop_tokens=None, seed: int | None = None, absorb: bool = True, return_caches: bool = False):
+def generate(model, idx: torch.Tensor, max_new_tokens: int, absorb: bool = True, return_caches: bool = False,
+             **sampling):
     """Continue (B, T) prompts by max_new_tokens tokens with the KV cache -> (B, T + new) long.
 
+    `sampling` takes the fields of `SamplingConfig` by name (temperature=0.8, top_k=40, seed=1, ...).
     Rows stop independently at a stop token (kept, then repeated as padding); the output is
     shorter than T + max_new_tokens only if every row stopped. A prompt longer than the context
     is cropped (with a warning), and then the output starts with the cropped prompt.
     With return_caches=True, returns (tokens, caches): the per-layer LayerCaches it used.
     """
-    stop_tokens = (stop_tokens,) if isinstance(stop_tokens, int) else tuple(stop_tokens or ())
-    config = SamplingConfig(temperature, top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
-                            no_repeat_ngram_size, temperature_end, stop_tokens, seed)
+    config = SamplingConfig(**sampling)
     prompt = check_prompt(model, idx)                                           # (B, T'), T' <= context
     was_training = model.training
     model.eval()
