@@ -89,9 +89,18 @@ def set_seed(seed: int) -> None:
 def pick_device(requested: str | None = None) -> torch.device:
     """cuda -> mps -> cpu, unless `requested` ('cpu', 'cuda', 'cuda:1', 'mps') says otherwise."""
     if requested and requested != "auto":
-        device = torch.device(requested)
+        known = "auto, cpu, cuda, cuda:N or mps"
+        try:                       # torch.device('tpu') raises RuntimeError: one line instead
+            device = torch.device(requested)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"--device {requested}: unknown device; use {known}") from None
+        if device.type not in ("cpu", "cuda", "mps"):      # e.g. 'meta' or 'xpu': the code runs on these three
+            raise ValueError(f"--device {requested}: this project runs on cpu, cuda or mps; use {known}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {requested}: CUDA is not available here; use --device cpu")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"--device {requested}: MPS is not available here; use --device cpu")
         return device
@@ -129,6 +138,45 @@ def keep_freed_memory_in_heap() -> bool:
 def count_parameters(model: torch.nn.Module) -> int:
     """All parameters, each shared tensor once (a tied embedding/head counts once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_count_from_config(cfg, buffers: bool = False) -> int:
+    """Parameters of `DeepSeekModel(cfg)` computed from the config alone, without building it.
+
+    Lets a loader check a checkpoint's config against the weights it holds (and the memory it
+    would need) before allocating anything: a small file whose config describes a huge model is
+    refused instead of built. `buffers=True` adds the persistent buffers (each router's bias), i.e.
+    the numbers of the state_dict. tests/test_bad_inputs.py checks it against built models.
+    """
+    D, H, L = cfg.d_model, cfg.n_heads, cfg.n_layers
+
+    def linear(n_in: int, n_out: int) -> int:
+        return n_in * n_out
+
+    def attention() -> int:
+        if cfg.attention == "mla":                  # components/multi_head_latent_attention.py
+            C, R, Dn, Dv, Q = cfg.kv_latent_dim, cfg.rope_dim, cfg.nope_dim, cfg.value_dim, cfg.q_latent_dim
+            query = (linear(D, H * Dn) + linear(D, H * R) if Q is None
+                     else linear(D, Q) + Q + linear(Q, H * Dn) + linear(Q, H * R))
+            return query + linear(D, C) + C + linear(D, R) + linear(C, H * Dn) + linear(C, H * Dv) + linear(H * Dv, D)
+        if cfg.attention == "linear":
+            return 4 * linear(D, D)
+        kv = cfg.kv_heads * cfg.head_dim            # mha / gqa / mqa
+        return linear(D, H * cfg.head_dim) + 2 * linear(D, kv) + linear(H * cfg.head_dim, D)
+
+    def block(layer: int) -> int:
+        norms = 2 * D
+        if not cfg.is_moe_layer(layer):
+            return norms + attention() + 3 * linear(D, cfg.dense_ffn_dim)
+        E, expert = cfg.n_routed_experts, 3 * linear(D, cfg.expert_hidden_dim)
+        router = linear(D, E) + (E if buffers else 0)
+        return norms + attention() + router + (E + cfg.n_shared_experts) * expert
+
+    total = cfg.vocab_size * D * (1 if cfg.tie_embeddings else 2) + D          # embedding (+ head) + final norm
+    total += sum(block(i) for i in range(L))
+    # MTP module k: two input norms, the (2D -> D) projection, a block built like layer L, an output norm
+    total += cfg.mtp_depth * (3 * D + linear(2 * D, D) + block(L))
+    return total
 
 
 def count_active_parameters(model: torch.nn.Module) -> int:

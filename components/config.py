@@ -9,7 +9,7 @@ Paper symbols (DeepSeek-V2 §2.1-2.2, V3 §2.1) next to each field; the README h
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from components.settings import Settings, bad_field, check
 
@@ -17,6 +17,7 @@ ATTENTION_KINDS = ("mla", "mha", "gqa", "mqa", "linear")
 FFN_KINDS = ("moe", "dense")
 ROUTER_SCORES = ("softmax", "sigmoid")
 BALANCING_KINDS = ("none", "aux_loss", "aux_free", "both")
+BALANCE_COEF_FIELDS = ("expert_balance_coef", "seq_balance_coef", "z_loss_coef", "kl_balance_coef")
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,19 @@ class ModelConfig(Settings):
             bad("route_scale", "must be > 0")
         if self.uses_aux_loss and self.ffn == "moe" and not any(self.balance_coefs.values()):
             bad("balancing", "'aux_loss'/'both' needs a balance coefficient > 0 (e.g. expert_balance_coef=0.01)")
+        if not self.uses_aux_loss and self.ffn == "moe":
+            # 'none' and 'aux_free' add no balance loss: a coefficient set away from its default would be
+            # dropped without a word. V3's recipe is the bias AND a small sequence-wise loss (V3 §2.1.2,
+            # eq 17-20): that is balancing='both'.
+            for f in fields(self):
+                if f.name in BALANCE_COEF_FIELDS and getattr(self, f.name) not in (0.0, f.default):
+                    fix = ("use balancing='both' for the aux-loss-free bias plus this loss (V3: the bias and a small "
+                           "seq_balance_coef)" if self.balancing == "aux_free" else "use balancing='aux_loss'")
+                    bad(f.name, f"balancing={self.balancing!r} adds no balance loss, so it would be ignored; {fix}, "
+                                f"or leave {f.name} at {f.default}")
+        if self.mtp_depth >= self.context_length:
+            bad("mtp_depth", f"must be < context_length={self.context_length} (MTP module k predicts token t+k+1 "
+                             "of the same window, so depth D leaves context_length - D positions)")
 
     # --- derived sizes (properties, never stored) -------------------------------------------
     @property

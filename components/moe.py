@@ -15,7 +15,11 @@ One host sync (the per-expert counts, needed to split); no per-expert masks, non
 Capacity (optional, GShard/Switch style; DeepSeek's own layers are dropless): each expert takes at
 most C = ceil(capacity_factor * N * K / E) slots; the stable sort keeps the first C in token order,
 the rest are dropped: those (token, slot) pairs add nothing, the token keeps its shared experts and
-the residual. `MoEStats.tokens_per_expert` still reports the router's DEMAND (selections, before
+the residual. Capacity is a training-time device (it bounds each expert's work per batch, GShard
+§2.2): it applies in training mode only. In eval mode (validation, generation) every selection
+runs, because dropping there makes a token's output depend on the other tokens in the batch: one
+row on the others, and cached decoding (one token per forward) on whether the prompt was fed whole.
+`MoEStats.tokens_per_expert` still reports the router's DEMAND (selections, before
 dropping), which is what the aux-loss-free bias update must see; `dropped_tokens` counts the drops.
 
 Shapes: B batch, T tokens per sequence, N = B*T tokens, E routed experts, K selected per token,
@@ -47,7 +51,7 @@ class MoE(nn.Module):
     Args:
         d_model: D. expert_hidden_dim: I, hidden width of every expert (routed and shared).
         n_routed_experts: E (N_r). n_shared_experts: N_s (0 allowed). top_k: K (K_r).
-        capacity_factor: None = dropless; else slots per expert = ceil(cf * N * K / E).
+        capacity_factor: None = dropless; else slots per expert = ceil(cf * N * K / E), in training mode only.
         **router_kwargs: forwarded to `Router` (score, route_scale, n_groups, topk_groups, noise_std,
             use_bias, bias_update_rate, balance_coefs).
     """
@@ -80,7 +84,7 @@ class MoE(nn.Module):
 
         # 3) capacity: keep each expert's first C slots of the sorted order
         dropped = torch.zeros((), dtype=torch.long, device=x.device)
-        if self.capacity_factor is not None:
+        if self.capacity_factor is not None and self.training:
             capacity = math.ceil(self.capacity_factor * N * K / E)
             starts = counts.cumsum(0) - counts                                # (E,) first sorted position per expert
             rank = torch.arange(N * K, device=x.device) - starts[flat_ids[order]]   # (N*K,) position inside its expert
