@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import secrets
 from contextlib import suppress
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from torch import nn
 
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
+from files import atomic_write
 from utils import tokenizer_identity
 
 FORMAT_VERSION = 1
@@ -55,36 +55,12 @@ class CheckpointError(RuntimeError):
 # --- writing ----------------------------------------------------------------------------------
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """`torch.save(obj)` to `path` so that a crash at any moment leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # 1) temp file in the SAME directory: os.replace is only atomic within one filesystem.
-    #    (Not mkstemp: its 0600 mode would make every checkpoint private; 0666 & ~umask is the norm.)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            # 2) push the bytes to the disk before the rename makes them visible
-            handle.flush()
-            os.fsync(handle.fileno())
-        # 3) the atomic swap, then persist the directory entry that now points at the new file
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    """`torch.save(obj)` to `path` so that a crash at any moment leaves the old file or the new one.
 
-
-def _fsync_dir(directory: Path) -> None:
-    with suppress(OSError):            # not every platform/filesystem lets us open a directory
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    Through files.atomic_write: a temporary file beside `path`, fsynced, then renamed over it; the
+    checkpoint gets the mode of any new file (0666 & ~umask), not mkstemp's private 0600.
+    """
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
@@ -203,12 +179,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def _describe_load_failure(path: Path, err: Exception) -> str:
     text = str(err)
     # weights_only names the global it refused; garbage bytes fail in the same unpickler without one
-    unsafe = re.search(r"(?:Unsupported global|Unsupported class|Trying to call reduce for): ?(?:GLOBAL )?([\w.]+)",
-                       text)
+    # (torch 2.6+ words a blocked call 'Trying to load unsupported GLOBAL posix.system whose module posix is blocked')
+    unsafe = re.search(r"(?:Unsupported global|Unsupported class|Trying to call reduce for|unsupported GLOBAL)"
+                       r":? ?(?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE)
     if unsafe:
-        return (f"refusing to load {path}: it contains pickled Python objects (it references {unsafe.group(1)}), "
-                "and unpickling them could run arbitrary code; only load checkpoints saved by this project's "
-                "Trainer (tensors + plain data)")
+        return (f"refused to load {path} as unsafe: it contains pickled Python objects (it references "
+                f"{unsafe.group(1)}), and unpickling them could run arbitrary code; only load checkpoints saved by "
+                "this project's Trainer (tensors + plain data)")
     detail = next((line.strip() for line in text.splitlines() if "Unpickler error" in line), "")
     first_line = detail or (text.strip().splitlines()[0] if text.strip() else "")
     return (f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {first_line[:100] or 'no detail'}); "
@@ -245,6 +222,7 @@ def load_model_state(model: nn.Module, ckpt: dict, path: str | os.PathLike = "ch
                                   f"{' ...' if len(diff) > 6 else ''}; build the model from the checkpoint "
                                   "(checkpoint.load_model(path)) or resume with the same --preset/--set")
     state = {_strip_prefixes(k): v for k, v in ckpt["model"].items()}
+    check_finite(state, path)
     try:
         target.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -257,17 +235,136 @@ def load_model_state(model: nn.Module, ckpt: dict, path: str | os.PathLike = "ch
                               "code or config: load it with checkpoint.load_model(path) or retrain") from err
 
 
+def check_finite(state: dict, path: str | os.PathLike = "checkpoint") -> None:
+    """CheckpointError naming the tensors that hold NaN or inf (a model built from them outputs NaN)."""
+    bad = [name for name, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN/inf) in {len(bad)} tensor(s): "
+                              f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}; the run that wrote it diverged: "
+                              "use an earlier checkpoint (latest.pt keeps the last finite one) or retrain")
+
+
+def values_held(state: dict) -> int:
+    """Numbers a state_dict really stores: each storage once (a tied head shares the embedding's), counted
+    from its bytes, so that a tensor faking a huge shape over a small storage (stride 0) counts small."""
+    storages = {}
+    for t in state.values():
+        if isinstance(t, torch.Tensor):
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes() // max(t.element_size(), 1)
+    return sum(storages.values())
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can still be allocated without swapping (Linux MemAvailable); None elsewhere."""
+    with suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as handle:
+            line = next(line for line in handle if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    return None
+
+
+def check_size(cfg: ModelConfig, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
+    """Before building: the config's parameter count must match the weights present and fit in memory.
+
+    A file of a few KB whose config says d_model=65536 would otherwise make `DeepSeekModel(cfg)` try to
+    allocate (and initialise) hundreds of GB before `load_state_dict` could notice anything.
+    """
+    from utils import parameter_count_from_config
+
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: its 'model' entry is a {type(ckpt['model']).__name__}, not a state_dict; "
+                              "use a checkpoint written by train.py / Trainer")
+    expected = parameter_count_from_config(cfg, buffers=True)
+    present = values_held(ckpt["model"])
+    if expected > 1.1 * present + 1024:            # small slack: the strict load names finer mismatches
+        raise CheckpointError(f"{path}: its config describes a model of {expected:,} parameters, but the file holds "
+                              f"only {present:,} weights; the config and the weights do not belong together (an "
+                              "edited or damaged file): use a checkpoint written by train.py / Trainer")
+    needed, free = 4 * expected, available_memory()                   # the model is built in fp32 first
+    if free is not None and needed > free:
+        raise CheckpointError(f"{path}: building its model needs about {needed / 2**30:.1f} GiB of memory, only "
+                              f"{free / 2**30:.1f} GiB are available; free memory or use a machine with more")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[DeepSeekModel, dict]:
     """Rebuild the trained model from a checkpoint alone -> (model in eval mode on `device`, meta).
 
     `meta` is the checkpoint minus weights and optimizer state: model/train config dicts, step,
-    tokenizer identity, trainer stats (e.g. `meta['trainer']['best_val_loss']`).
+    tokenizer identity, trainer stats (e.g. `meta['trainer']['best_val_loss']`). `path` is a .pt
+    checkpoint, a .safetensors file with its .json beside it, or a Hugging Face model directory.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    if Path(path).is_dir():                          # a Hugging Face directory (python -m checkpoint to-hf)
+        from hf_format import load_hf_dir
+
+        model, meta = load_hf_dir(path, device=device)
+        check_tokenizer(meta, path)
+        return model, meta
+    ckpt = load_safetensors(path) if Path(path).suffix == ".safetensors" else load_checkpoint(path, map_location="cpu")
     check_tokenizer(ckpt, path)
     cfg = config_from_checkpoint(ckpt, path)
+    check_size(cfg, ckpt, path)                      # before any allocation
+    check_finite(ckpt["model"], path)
     model = DeepSeekModel(cfg)
     load_model_state(model, ckpt, path)
     model.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng", "data")}
     return model, meta
+
+
+# --- safetensors: the weights alone, with the config as JSON beside them ---------------------------
+
+def save_safetensors(ckpt: dict, path: str | os.PathLike) -> Path:
+    """Write a checkpoint's weights to `path` (.safetensors, our parameter names) and everything else
+    but optimizer/RNG/data state to `path` with suffix .json (config, tokenizer, step, trainer stats).
+
+    safetensors holds raw tensors and a header, so loading it can run no code, and tools outside
+    PyTorch read it. Training state stays in the weights_only .pt; this pair is for using the model.
+    """
+    import json
+
+    from safetensors.torch import save
+
+    path = Path(path)
+    weights = dict(ckpt["model"])
+    if ckpt["model_config"].get("tie_embeddings") and "head.weight" in weights:
+        del weights["head.weight"]      # the same tensor as embed.weight; safetensors stores it once
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "rng", "data")}
+    data = save({k: v.detach().cpu().contiguous() for k, v in weights.items()}, {"format": "pt"})
+    atomic_write(path.with_suffix(".json"), lambda handle: json.dump(meta, handle, indent=2), mode="w")
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """Read a `save_safetensors` pair back as a checkpoint dict (weights + meta); CheckpointError if unusable."""
+    import json
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path, meta_path = Path(path), Path(path).with_suffix(".json")
+    for needed in (path, meta_path):
+        if not needed.is_file():
+            raise CheckpointError(f"no {needed.name} beside {path.name} in {path.parent}: the weights need it; "
+                                  "copy both files (or use the .pt checkpoint)")
+    try:
+        weights = load_file(path)
+        ckpt = json.loads(meta_path.read_text())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path} or its .json is truncated or corrupt ({str(err).splitlines()[0][:100]}); "
+                              "use the .pt checkpoint or retrain") from err
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS if key != "model"):
+        raise CheckpointError(f"{meta_path} is not a checkpoint description written by this project; "
+                              "pass a .pt file or a .safetensors file saved by train.py / Trainer")
+    if ckpt["model_config"].get("tie_embeddings") and "embed.weight" in weights:
+        weights.setdefault("head.weight", weights["embed.weight"])
+    return ckpt | {"model": weights}
+
+
+if __name__ == "__main__":          # python -m checkpoint to-hf CHECKPOINT OUT_DIR | from-hf HF_DIR OUT.pt
+    import sys
+
+    from hf_format import main
+
+    sys.exit(main())

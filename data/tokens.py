@@ -4,25 +4,24 @@ Each split is one flat array: doc_0 <|endoftext|> doc_1 <|endoftext|> ... doc_n,
 learns where an essay ends. GPT-2's 50,257 ids fit in uint16, half the bytes of int32.
 
 The cache key hashes everything that changes the ids: the raw input (file bytes or texts), the
-split seed and fraction, and the tokenizer identity. Files are written to a temporary name in
-the same folder and moved into place with os.replace (atomic on one filesystem), so a crash or
-a concurrent run never leaves a half-written array behind; the small meta JSON goes last and
-marks the entry complete.
+split seed and fraction, and the tokenizer identity. Files are written with files.atomic_write:
+to a temporary name in the same folder, then moved into place with os.replace (atomic on one
+filesystem), so a crash or a concurrent run never leaves a half-written array behind; the small
+meta JSON goes last and marks the entry complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from constants import EOT_TOKEN_ID
+from files import atomic_write
 from utils import get_tokenizer, tokenizer_identity
 
 CACHE_FORMAT = 1            # bump when the layout of the cached arrays changes
@@ -71,19 +70,6 @@ def usable_cache_dir(cache_dir: Path) -> Path | None:
         warnings.warn(f"token cache dir {cache_dir} is not writable ({err.strerror or err}); "
                       "continuing without a cache (tokenization will run every time)", stacklevel=3)
         return None
-
-
-def atomic_write(target: Path, write: Callable, mode: str = "wb") -> None:
-    """Run write(handle) on a temp file beside `target`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as handle:
-            write(handle)
-        os.chmod(tmp, 0o644)    # mkstemp makes files private (0600); cache files are ordinary files
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _paths(cache_dir: Path, key: str) -> dict[str, Path]:
