@@ -121,3 +121,69 @@ def test_capacity_factor_cached_generation_equals_uncached_greedy():
             logits, _, _ = model(uncached)
             uncached = torch.cat([uncached, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(cached, uncached)
+
+
+# --- checkpoints that must be refused before anything is built --------------------------------------
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo this must never run",))
+
+
+def small_checkpoint(path, **config_changes):
+    """A TINY-vocabulary model's checkpoint; `config_changes` edit its recorded config (weights unchanged)."""
+    from checkpoint import atomic_save, make_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = make_checkpoint(DeepSeekModel(tiny_cfg()), step=0, kind="best")
+    ckpt["model_config"] |= config_changes
+    atomic_save(ckpt, path)
+    return path
+
+
+def test_a_pickle_that_calls_a_blocked_global_is_refused_as_unsafe(tmp_path):
+    from checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format_version": 1, "payload": _RunsCode()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "\n" not in message and "truncated or corrupt" not in message
+    assert message.startswith(f"refused to load {path} as unsafe") and "system" in message
+
+
+def test_a_config_describing_a_huge_model_is_refused_before_building(tmp_path, monkeypatch):
+    import checkpoint
+
+    path = small_checkpoint(tmp_path / "huge.pt", d_model=65536, n_layers=64, expert_hidden_dim=65536)
+    monkeypatch.setattr(checkpoint, "DeepSeekModel", lambda cfg: pytest.fail("the model was built before the check"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"its config describes a model of [\d,]+ parameters, but "
+                                                         r"the file holds only [\d,]+ weights"):
+        checkpoint.load_model(path)
+
+
+def test_a_model_that_does_not_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
+    import checkpoint
+
+    path = small_checkpoint(tmp_path / "fine.pt")
+    monkeypatch.setattr(checkpoint, "available_memory", lambda: 1024)
+    monkeypatch.setattr(checkpoint, "DeepSeekModel", lambda cfg: pytest.fail("the model was built before the check"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"needs about .* GiB of memory, only 0\.0 GiB are available"):
+        checkpoint.load_model(path)
+
+
+def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, capsys):
+    from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
+
+    path = small_checkpoint(tmp_path / "nan.pt")
+    ckpt = load_checkpoint(path)
+    ckpt["model"]["blocks.1.attn.w_uk.weight"][0, 0] = float("nan")
+    ckpt["model"]["norm.weight"][3] = float("inf")
+    atomic_save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"non-finite weights \(NaN/inf\) in 2 tensor\(s\): "
+                                              r"blocks\.1\.attn\.w_uk\.weight, norm\.weight"):
+        load_model(path)
+    assert inference.main(["--model_path", str(path), "--prompt", "Hi"]) == 1
+    assert "norm.weight" in one_error_line(capsys.readouterr().err, "error: ")
