@@ -1,16 +1,11 @@
-"""Chapter 1 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 1 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs with a hint, a right one PASSes."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers ---------------------------------------------------------------------------
@@ -46,31 +41,12 @@ def gqa_decode_step_tiled(q, k_cache, v_cache):
     return F.scaled_dot_product_attention(q.unsqueeze(2), k, v).squeeze(2)
 
 
-CASES = {
-    "1.1": (causal_mask_right, causal_mask_no_offset),
-    "1.2": (gqa_cache_bytes_right, gqa_cache_bytes_keys_only),
-    "1.3": (gqa_decode_step_right, gqa_decode_step_tiled),
-}
+CORRECT = {"1.1": causal_mask_right, "1.2": gqa_cache_bytes_right, "1.3": gqa_decode_step_right}
+WRONG = [
+    ("1.1", causal_mask_no_offset, "shift the diagonal"),
+    ("1.2", gqa_cache_bytes_keys_only, "K AND V"),
+    ("1.3", gqa_decode_step_tiled, "repeat_interleave"),
+]
 
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_wrong_answer_fails(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][1], verbose=False) == FAIL
-
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_right_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][0], verbose=False) == PASS
-
-
-def test_hints_name_the_mistake(capsys):
-    check_exercise("1.1", causal_mask_no_offset)
-    check_exercise("1.2", gqa_cache_bytes_keys_only)
-    check_exercise("1.3", gqa_decode_step_tiled)
-    out = capsys.readouterr().out
-    assert "shift the diagonal" in out and "K AND V" in out and "repeat_interleave" in out
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)

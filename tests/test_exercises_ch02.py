@@ -1,15 +1,10 @@
-"""Chapter 2 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 2 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs with a hint, a right one PASSes."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers ---------------------------------------------------------------------------
@@ -53,39 +48,19 @@ def mla_scores_nope_scale(q_nope, q_rope, k_nope, k_rope):
     return mla_scores_right(q_nope, q_rope, k_nope, k_rope) * ((D + R) / D) ** 0.5   # 1/sqrt(D)
 
 
-CASES = {
-    "2.1": (mla_vs_mha_cache_right, mla_vs_mha_cache_no_rope),
-    "2.2": (latent_kv_right, latent_kv_no_norm),
-    "2.3": (mla_scores_right, mla_scores_nope_scale),
-}
+def mla_scores_unmasked(q_nope, q_rope, k_nope, k_rope):
+    D, R = q_nope.shape[-1], q_rope.shape[-1]
+    return (torch.einsum("bthd,bshd->bhts", q_nope, k_nope)
+            + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)) / (D + R) ** 0.5
 
 
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
+CORRECT = {"2.1": mla_vs_mha_cache_right, "2.2": latent_kv_right, "2.3": mla_scores_right}
+WRONG = [
+    ("2.1", mla_vs_mha_cache_no_rope, "C + R"),
+    ("2.2", latent_kv_no_norm, "RMS-normalised"),
+    ("2.3", mla_scores_nope_scale, "1/sqrt(D + R)"),
+    ("2.3", mla_scores_unmasked, "mask the future"),
+]
 
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_wrong_answer_fails(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][1], verbose=False) == FAIL
-
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_right_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][0], verbose=False) == PASS
-
-
-def test_hints_name_the_mistake(capsys):
-    for exercise_id, (_, wrong) in CASES.items():
-        check_exercise(exercise_id, wrong)
-    out = capsys.readouterr().out
-    assert "C + R" in out and "RMS-normalised" in out and "1/sqrt(D + R)" in out
-
-
-def test_unmasked_scores_fail():
-    def unmasked(q_nope, q_rope, k_nope, k_rope):
-        D, R = q_nope.shape[-1], q_rope.shape[-1]
-        return (torch.einsum("bthd,bshd->bhts", q_nope, k_nope)
-                + torch.einsum("bthr,bsr->bhts", q_rope, k_rope)) / (D + R) ** 0.5
-
-    assert check_exercise("2.3", unmasked, verbose=False) == FAIL
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)

@@ -1,15 +1,11 @@
-"""Chapter 3 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 3 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs with a hint, a right one PASSes."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError
+from exercises import check_exercise
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers ---------------------------------------------------------------------------
@@ -52,26 +48,15 @@ def fold_wuk_into_wuq_untransposed(w_uq, w_uk, n_heads):
     return torch.einsum("hdc,hdq->hqc", w_uk.view(H, D, C), w_uq.view(H, D, Q)).reshape(H * C, Q)
 
 
-CASES = {
-    "3.1": (absorb_query_right, absorb_query_heads_mixed),
-    "3.2": (fold_wuv_into_wo_right, fold_wuv_into_wo_one_head),
-    "3.3": (fold_wuk_into_wuq_right, fold_wuk_into_wuq_untransposed),
-}
+CORRECT = {"3.1": absorb_query_right, "3.2": fold_wuv_into_wo_right, "3.3": fold_wuk_into_wuq_right}
+WRONG = [
+    ("3.1", absorb_query_heads_mixed, "view it as (H, D, C)"),
+    ("3.2", fold_wuv_into_wo_one_head, "W_O[:, h*V:(h+1)*V] @ W_UV_h"),
+    ("3.3", fold_wuk_into_wuq_untransposed, "W_UK_h^T W_UQ_h"),
+]
 
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_stub_is_not_attempted(exercise_id):
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_wrong_answer_fails(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][1], verbose=False) == FAIL
-
-
-@pytest.mark.parametrize("exercise_id", CASES)
-def test_right_answer_passes(exercise_id):
-    assert check_exercise(exercise_id, CASES[exercise_id][0], verbose=False) == PASS
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)
 
 
 def test_wrong_shape_is_a_fail_with_the_expected_shape(capsys):

@@ -1,4 +1,4 @@
-"""Chapter 8 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 8 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs with a hint, a right one PASSes."""
 
 from __future__ import annotations
 
@@ -6,13 +6,7 @@ import math
 import statistics
 from dataclasses import replace
 
-import pytest
-
-from exercises import FAIL, NOT_ATTEMPTED, PASS, check_exercise
-
-
-def stub(*args, **kwargs):
-    raise NotImplementedError
+from tests.exercise_checks import exercise_checks
 
 
 # --- correct answers ---------------------------------------------------------------------------
@@ -55,21 +49,12 @@ def equal_active_variant_shared_fixed(cfg, n_routed_experts):
                    top_k=cfg.top_k * factor)
 
 
-CASES = {
-    "8.1": (seed_stats_right, seed_stats_population_std),
-    "8.2": (within_noise_right, within_noise_ranges_overlap),
-    "8.3": (equal_active_variant_right, equal_active_variant_shared_fixed),
-}
+CORRECT = {"8.1": seed_stats_right, "8.2": within_noise_right, "8.3": equal_active_variant_right}
+WRONG = [
+    ("8.1", seed_stats_population_std, "sample std"),
+    ("8.2", within_noise_ranges_overlap, "2 * sqrt("),
+    ("8.3", equal_active_variant_shared_fixed, "n_shared_experts"),
+]
 
-
-@pytest.mark.parametrize("exercise_id", sorted(CASES))
-def test_stub_wrong_right(exercise_id):
-    right, wrong = CASES[exercise_id]
-    assert check_exercise(exercise_id, stub, verbose=False) == NOT_ATTEMPTED
-    assert check_exercise(exercise_id, wrong, verbose=False) == FAIL
-    assert check_exercise(exercise_id, right, verbose=False) == PASS
-
-
-def test_population_std_gets_a_hint(capsys):
-    check_exercise("8.1", seed_stats_population_std)
-    assert "sample std" in capsys.readouterr().out
+test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
+    exercise_checks(CORRECT, WRONG)
