@@ -5,7 +5,7 @@ For each context S, a cache of S-1 tokens is pre-filled, then one attention laye
 variants are timed round-robin so that load from other processes hits them alike.
     MHA           CausalSelfAttention(n_kv_heads = n_heads): reads 2*H*D numbers per cached token
     MLA naive     absorb=False: re-decompresses K and V for every cached token at every step
-    MLA absorbed  absorb=True: W_UK folded into the query, W_UV after attention (REFERENCE.md §1.6)
+    MLA absorbed  absorb=True: W_UK folded into the query, W_UV after attention (docs/maths.md §1.6)
 Cache bytes are measured from the filled LayerCache (`nbytes()`), not computed from a formula.
 A last section (skipped when components/deepseek_model.py is missing) times whole-model greedy
 decoding in tokens/s.

@@ -7,7 +7,7 @@ expert -- is the same gated MLP without biases (Shazeer 2020, "GLU variants"):
 
 DeepSeek's inference code calls the three matrices w1 (gate), w3 (up) and w2 (down);
 Hugging Face calls them gate_proj, up_proj, down_proj and, for routed experts, stores
-[w1; w3] fused as one `gate_up_proj[e]` of shape (2I, D) (REFERENCE.md §2.2, §4.2).
+[w1; w3] fused as one `gate_up_proj[e]` of shape (2I, D) (docs/maths.md §2.2, §4.2).
 We keep them as three named Linears: one extra matmul launch, but the equation reads off the code.
 
 "Fine-grained experts" (DeepSeekMoE) simply means many experts with a small hidden width I.

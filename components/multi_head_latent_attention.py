@@ -10,7 +10,7 @@ Cache one small latent per token instead of per-head keys and values. For token 
     q_t = [q_nope_t; q_rope_t],  k_t = [k_nope_t; k_rope_t]      (16-17) concatenated per head
     o_t = sum_{s <= t} softmax_s(q_t . k_s / sqrt(D + R)) v_s    (18)
     u_t = W_O [o_t^1; ...; o_t^H]                 (19)
-Cache per token per layer: C + R numbers (MHA: 2 * H * D), REFERENCE.md §1.5/§1.7.
+Cache per token per layer: C + R numbers (MHA: 2 * H * D): V2 Table 1, docs/maths.md §1.5/§1.7.
 
 Absorption (the inference trick). Per head, q_nope . (W_UK c) = (W_UK^T q_nope) . c, so W_UK folds
 into the query and the scores are computed against the cached latents directly; likewise

@@ -3,7 +3,7 @@
 Pairs of adjacent features (x0, x1), (x2, x3), ... are rotated by an angle that grows with the
 position m:  (x_2i, x_2i+1) -> (x_2i cos m*w_i - x_2i+1 sin m*w_i,  x_2i sin m*w_i + x_2i+1 cos m*w_i)
 with w_i = theta^(-2i/R). Then q_m . k_n depends on m - n only. This is the interleaved convention
-of DeepSeek-V3's inference code (REFERENCE.md §1.3); HF's `rope_interleave=True` gives the same
+of DeepSeek-V3's inference code (docs/maths.md §1.3); HF's `rope_interleave=True` gives the same
 dot products.
 
 The tables are precomputed once (cos, sin of shape (context, R/2)) and applied to any slice

@@ -1,6 +1,6 @@
 """The router (gate) of DeepSeekMoE: pick K of E experts per token and weight them.
 
-Scores, selection and weights (V2 eqs 20-22, V3 eqs 12-16; REFERENCE.md §2.3):
+Scores, selection and weights (V2 eqs 20-22, V3 eqs 12-16; docs/maths.md §2.3):
     s_t      = softmax(u_t^T e)  (V2)     |  sigmoid(u_t^T e)  (V3)           (N, E) affinities
     key_t    = s_t + b                     b: aux-loss-free bias, used ONLY to select (V3 eq 16)
     TopK_t   = topk(key_t, K)              optionally inside the best `topk_groups` of G groups
@@ -13,7 +13,7 @@ experts outside the kept groups get key -inf.
 Aux-loss-free balancing (V3 Sec. 2.1.2, LFB Alg. 1), run by the trainer once per optimizer step:
     c_i = tokens sent to expert i in the step;   b_i <- b_i + gamma * sign(mean(c) - c_i)
 
-Balance losses (REFERENCE.md §2.5), each already multiplied by its coefficient in `losses`:
+Balance losses (docs/maths.md §2.5), each already multiplied by its coefficient in `losses`:
     'expert'   V2 eqs 23-25: f_i = E/(K N) * #{t: i in TopK_t} (constant), P_i = mean_t s'_{i,t},
                L = sum_i f_i P_i  (= 1 at perfectly uniform routing)
     'sequence' V3 eqs 17-20: the same per sequence of T tokens, averaged over the B sequences

@@ -3,7 +3,7 @@
     x = x + Attn(RMSNorm(x))          attention: MLA or a baseline (MHA / GQA / MQA / linear)
     x = x + FFN(RMSNorm(x))           FFN: DeepSeekMoE, or a dense SwiGLU in the first layers
 
-DeepSeek-V3 inference `Block.forward` (REFERENCE.md §2.1) and HF `DeepseekV3DecoderLayer`. The
+DeepSeek-V3 inference `Block.forward` (docs/maths.md §2.1) and HF `DeepseekV3DecoderLayer`. The
 first `n_dense_layers` blocks use a dense FFN (V3: 3, V2: 1): early layers see token-level features
 where routing helps least, and a dense start stabilises training.
 

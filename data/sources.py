@@ -1,6 +1,7 @@
 """Where the essays come from, and how each accepted file format becomes a list of documents.
 
-Resolution order (DESIGN.md, "Data and tokenizer, offline by design"):
+Resolution order (offline by design: only step 3 touches the network, and a failure there falls
+through to step 4):
     1. an explicit path (argument, or the DEEPSEEK_SCRATCH_DATA environment variable)
     2. the local copy of the Hub dataset saved under the cache dir by an earlier download
     3. the Hub dataset itself (hub.py), only when the hub host answers within a few seconds

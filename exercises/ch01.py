@@ -46,7 +46,7 @@ def check_gqa_cache_bytes(student_fn) -> None:
         (64, 4, 2, 2, 100, 1, 2),
         (64, 4, 4, 2, 64, 3, 4),         # n_kv_heads == n_heads: MHA
         (64, 4, 1, 2, 64, 1, 2),         # one kv head: MQA
-        (512, 8, 4, 8, 1024, 1, 2),      # REFERENCE.md §1.7: 8.0 MiB
+        (512, 8, 4, 8, 1024, 1, 2),      # docs/maths.md §1.7, worked example: 8.0 MiB
         (4096, 32, 8, 32, 8192, 4, 2),   # a Llama-2-70B-like layer stack
     ]
     for d_model, n_heads, n_kv, n_layers, n_tokens, batch, nbytes in cases:

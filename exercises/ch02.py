@@ -20,7 +20,7 @@ def check_mla_vs_mha_cache(student_fn) -> None:
     cases = [  # n_heads, head_dim, kv_latent_dim, rope_head_dim, n_layers, bytes_per_value
         (128, 128, 512, 64, 61, 2),    # DeepSeek-V3: 70,272 vs 3,997,696 bytes per token
         (16, 128, 512, 64, 27, 2),     # DeepSeek-V2-Lite
-        (8, 64, 128, 32, 8, 2),        # REFERENCE.md §1.7
+        (8, 64, 128, 32, 8, 2),        # docs/maths.md §1.7, worked example
         (4, 16, 16, 8, 2, 4),          # TINY in fp32
     ]
     for H, D, C, R, L, nbytes in cases:
@@ -73,7 +73,7 @@ def check_latent_kv(student_fn) -> None:
             unweighted = raw * torch.rsqrt(raw.pow(2).mean(-1, keepdim=True) + 1e-6)
             if torch.allclose(c_kv, raw, atol=1e-5, rtol=1e-5):
                 raise AssertionError("c_kv must be RMS-normalised after the down-projection (kv_norm, V2 §2.1 / "
-                                     "REFERENCE.md §1.2): the cache keeps the normalised latent")
+                                     "docs/maths.md §1.2): the cache keeps the normalised latent")
             if torch.allclose(c_kv, unweighted, atol=1e-5, rtol=1e-5):
                 raise AssertionError("RMSNorm has a learned weight: multiply the normalised latent by kv_norm_weight")
             raise AssertionError(f"c_kv is wrong: max abs error {(c_kv - c_ref).abs().max().item():.3g} "

@@ -1,4 +1,4 @@
-"""CI guard: every torch.load in the project passes weights_only=True (DESIGN.md, Runtime).
+"""CI guard: every torch.load in the project passes weights_only=True (why: checkpoint.py's docstring).
 
 The one deliberate exception is the test that proves a pickled checkpoint really runs code; it is
 marked on its line with "unsafe on purpose".
