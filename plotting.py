@@ -198,7 +198,8 @@ def plot_total_vs_active_params(counts: dict, reported: dict | None = None,
 # --- chapter 8: ablations -------------------------------------------------------------------
 def plot_ablation_losses(losses: dict, title: str = "Validation loss per run",
                          ylabel: str = "final validation loss (nats/token)"):
-    """Every seed's loss as a dot and the mean as a bar, one column per run: the seed spread in view.
+    """Every seed's loss as a dot, the mean as a bar and ± the sample std as an error bar, one column
+    per run: the seed spread in view.
 
     losses: run name -> list of per-seed losses (from the ablation records).
     """
@@ -211,6 +212,10 @@ def plot_ablation_losses(losses: dict, title: str = "Validation loss per run",
         mean = sum(values) / len(values)
         ax.hlines(mean, i - 0.3, i + 0.3, color=f"C{i % 10}", linewidth=2.5,
                   label="mean over seeds" if i == 0 else None)
+        if len(values) > 1:                                   # sample std (ddof=1), as in the tables
+            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            ax.errorbar(i + 0.12, mean, yerr=std, color=f"C{i % 10}", capsize=4, linewidth=1.2,
+                        label="± sample std" if i == 0 else None)
         ax.plot([i] * len(values), values, "o", color=f"C{i % 10}", markerfacecolor="none", markersize=6,
                 label="one seed" if i == 0 else None)
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names), default=0) > 8 else 0,
@@ -232,13 +237,17 @@ def plot_loss_vs_cost(points: list[dict], xlabel: str, title: str = "Validation 
                       ylabel: str = "final validation loss (nats/token)", logx: bool = True):
     """One marker per run at (cost, mean loss) with the seed std as an error bar; a legend names runs.
 
-    points: dicts with 'label', 'x' (e.g. KV-cache bytes per token), 'y' (mean loss), 'yerr' (std).
+    points: dicts with 'label', 'x' (e.g. KV-cache bytes per token), 'y' (mean loss), 'yerr' (std),
+        and optionally 'seeds' (each seed's loss, drawn as faint markers).
     """
     fig, ax = _figure(width=7.2, height=4.0)
     markers = "osD^vP*Xhp"
     for i, p in enumerate(points):
         ax.errorbar(p["x"], p["y"], yerr=p.get("yerr") or 0.0, fmt=markers[i % len(markers)], color=f"C{i % 10}",
                     capsize=3, markersize=7, label=p["label"])
+        seeds = p.get("seeds") or []                              # each seed's own loss, faint, at the same cost
+        ax.plot([p["x"]] * len(seeds), seeds, markers[i % len(markers)], color=f"C{i % 10}", alpha=0.35,
+                markersize=4, markerfacecolor="none")
     import math
 
     xs = sorted({p["x"] for p in points})

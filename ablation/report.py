@@ -3,9 +3,12 @@
     python -m ablation report runs/ablations/latent [more dirs] [--out DIR]
 
 Per run (a variant over its seeds) the table gives the final validation loss as mean ± sample
-standard deviation (ddof=1) over seeds, and the min-max range next to it: with 2-3 seeds the std
-is a rough estimate, so read a difference as real only when it clearly exceeds both spreads.
-"Δ vs first" is the difference of means to the first run listed (the baseline of the study).
+standard deviation (ddof=1) over seeds, and the min-max range next to it. "Δ vs first" is the
+difference of means to the first run listed (the baseline of the study) ± its standard error
+SE = sqrt(s_a^2/n_a + s_b^2/n_b) (Welch); the verdict calls a difference *resolved* when
+|Δ| > 2 SE, else *not resolved* and says how large it would have had to be. With 3 seeds each
+std is itself uncertain (its relative error is about 50%), so a verdict near the line is a lean,
+not a proof.
 Expert load is max_i(c_i) / mean_i(c_i) per MoE layer per step (1.0 = perfectly balanced),
 averaged over the main MoE layers (MTP layers excluded).
 
@@ -17,6 +20,7 @@ max/ideal load over training and its final value per run.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -95,21 +99,46 @@ def _range(s: dict, digits: int = 3) -> str:
     return "–" if s["mean"] is None else f"{s['min']:.{digits}f}–{s['max']:.{digits}f}"
 
 
-COLUMNS = ("run", "seeds", "val loss (mean ± std)", "min–max", "Δ vs first", "KV cache B/token (bf16)",
+COLUMNS = ("run", "seeds", "val loss (mean ± std)", "min–max", "Δ vs first", "verdict", "KV cache B/token (bf16)",
            "active params (non-emb.)", "total params", "max/ideal load, final", "max/ideal, run mean",
            "dead experts", "tokens/s")
 
 
+def compare(row: dict, base: dict) -> dict:
+    """Δ = mean(row) - mean(base), its standard error and the verdict (resolved: |Δ| > 2 SE).
+
+    SE needs a spread on both sides (>= 2 seeds each); without it the verdict is 'one seed'.
+    """
+    a, b = row["val_loss"], base["val_loss"]
+    if a["mean"] is None or b["mean"] is None:
+        return {"delta": None, "se": None, "resolved": None}
+    delta = a["mean"] - b["mean"]
+    if a["n"] < 2 or b["n"] < 2:
+        return {"delta": delta, "se": None, "resolved": None}
+    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+    return {"delta": delta, "se": se, "resolved": abs(delta) > 2 * se}
+
+
+def verdict_text(c: dict) -> str:
+    if c["delta"] is None:
+        return "–"
+    if c["resolved"] is None:
+        return "one seed: no spread to judge"
+    if c["resolved"]:
+        return f"resolved ({abs(c['delta']) / c['se']:.1f} SE)"
+    return f"not resolved (needs Δ beyond ±{2 * c['se']:.3f})"
+
+
 def table_cells(rows: list[dict]) -> list[dict]:
-    """Each row's formatted cells by column name; Δ is the difference of means to the first row."""
-    base = rows[0]["val_loss"]["mean"] if rows else None
+    """Each row's formatted cells by column name; Δ and the verdict are against the first row."""
     cells = []
-    for row in rows:
-        mean = row["val_loss"]["mean"]
-        delta = mean - base if base is not None and mean is not None else None
+    for i, row in enumerate(rows):
+        c = compare(row, rows[0])
+        delta = ("–" if c["delta"] is None or i == 0 else f"{c['delta']:+.3f}" if c["se"] is None
+                 else f"{c['delta']:+.3f} ± {c['se']:.3f}")
         dead = row["dead_final"]["mean"]
-        values = (row["name"], len(row["seeds"]), _pm(row["val_loss"]), _range(row["val_loss"]),
-                  "–" if delta is None else f"{delta:+.3f}", f"{row['kv_bytes_bf16']:,}",
+        values = (row["name"], len(row["seeds"]), _pm(row["val_loss"]), _range(row["val_loss"]), delta,
+                  "baseline" if i == 0 else verdict_text(c), f"{row['kv_bytes_bf16']:,}",
                   f"{row['active_non_embedding']:,}", f"{row['total']:,}", _pm(row["load_final"], 2),
                   _pm(row["load_mean"], 2), "–" if dead is None else f"{dead:.1f}",
                   f"{row['tokens_per_s']['mean']:,.0f}")
@@ -169,8 +198,8 @@ def make_plots(records: list[dict], rows: list[dict], out: Path, title: str) -> 
              "active parameters per token, output head excluded (count)", "active parameters")):
         values = [r[key] for r in rows]
         if min(values) > 0 and max(values) / min(values) > 1.05:       # runs that really differ in this cost
-            points = [{"label": r["name"], "x": r[key], "y": r["val_loss"]["mean"], "yerr": r["val_loss"]["std"]}
-                      for r in rows]
+            points = [{"label": r["name"], "x": r[key], "y": r["val_loss"]["mean"], "yerr": r["val_loss"]["std"],
+                       "seeds": r["val_losses"]} for r in rows]
             save(plotting.plot_loss_vs_cost(points, xlabel=xlabel, title=f"{title}: loss vs {what}"),
                  name)
     moe_rows = [r for r in rows if r["load_final"]["mean"] is not None]

@@ -148,3 +148,17 @@ def test_spread_and_table_numbers():
     assert s["mean"] == pytest.approx(3.1) and s["std"] == pytest.approx(0.1414, abs=1e-4)
     assert (s["min"], s["max"], s["n"]) == (3.0, 3.2, 2)
     assert ablation_report.spread([2.0])["std"] == 0.0
+
+
+def test_delta_standard_error_and_verdicts():
+    def row(name, losses):
+        return {"name": name, "val_loss": ablation_report.spread(losses)}
+
+    base = row("base", [5.0, 5.1, 5.2])                          # std 0.1
+    far, near = row("far", [5.5, 5.6, 5.7]), row("near", [5.05, 5.15, 5.25])
+    c = ablation_report.compare(far, base)
+    assert c["delta"] == pytest.approx(0.5) and c["se"] == pytest.approx((2 * 0.01 / 3) ** 0.5)
+    assert c["resolved"] is True and ablation_report.verdict_text(c).startswith("resolved (6.1 SE)")
+    c = ablation_report.compare(near, base)
+    assert c["resolved"] is False and "needs Δ beyond ±0.163" in ablation_report.verdict_text(c)
+    assert ablation_report.compare(row("one", [5.9]), base)["resolved"] is None      # one seed: no verdict
