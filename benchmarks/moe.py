@@ -25,6 +25,7 @@ import torch
 
 from components.expert import Expert
 from components.moe import MoE
+from hf_format import moe_to_hf
 
 D, E, K, N_SHARED, HIDDEN, BATCH, SEQ = 256, 8, 2, 1, 512, 8, 256   # N = BATCH * SEQ = 2,048 tokens
 # HF's CPU-capable experts implementations (transformers/integrations/moe.py; "deepgemm" and "sonicmoe"
@@ -49,15 +50,7 @@ def build_hf(ours: MoE, implementation: str):
                            norm_topk_prob=True)
     cfg._experts_implementation = implementation
     hf = DeepseekV3MoE(cfg)
-    with torch.no_grad():
-        hf.gate.weight.copy_(ours.router.gate.weight)
-        hf.gate.e_score_correction_bias.copy_(ours.router.bias)
-        for e, expert in enumerate(ours.experts):
-            hf.experts.gate_up_proj[e].copy_(torch.cat([expert.w_gate.weight, expert.w_up.weight], 0))
-            hf.experts.down_proj[e].copy_(expert.w_down.weight)
-        shared = ours.shared_experts[0]
-        for name, ours_name in (("gate_proj", "w_gate"), ("up_proj", "w_up"), ("down_proj", "w_down")):
-            getattr(hf.shared_experts, name).weight.copy_(getattr(shared, ours_name).weight)
+    hf.load_state_dict(moe_to_hf(ours.state_dict()), strict=True)       # the project's one mapping
     return hf
 
 

@@ -52,6 +52,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+import hf_format
 from cli import CommandLine
 from components.deepseek_model import DeepSeekModel
 from constants import PRESETS, TINY
@@ -93,69 +94,22 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5, device: torch.device 
 # --- the two models ----------------------------------------------------------------------------
 
 def hf_config(cfg, experts_implementation: str):
-    from transformers import DeepseekV3Config
-
-    hf_cfg = DeepseekV3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.dense_ffn_dim,
-        moe_intermediate_size=cfg.expert_hidden_dim, num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads, q_lora_rank=cfg.q_latent_dim,
-        kv_lora_rank=cfg.kv_latent_dim, qk_nope_head_dim=cfg.nope_dim, qk_rope_head_dim=cfg.rope_dim,
-        v_head_dim=cfg.value_dim, n_routed_experts=cfg.n_routed_experts, num_experts_per_tok=cfg.top_k,
-        n_group=1, topk_group=1, n_shared_experts=cfg.n_shared_experts, routed_scaling_factor=cfg.route_scale,
-        norm_topk_prob=True, first_k_dense_replace=cfg.n_dense_layers, max_position_embeddings=cfg.context_length,
-        rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings, rope_interleave=True,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attention_dropout=0.0)
+    hf_cfg = hf_format.hf_config(cfg)                    # the project's one mapping of the config
     hf_cfg._attn_implementation = "sdpa"
     hf_cfg._experts_implementation = experts_implementation
     return hf_cfg
 
 
-@torch.no_grad()
-def copy_into_hf(ours: DeepSeekModel, hf) -> None:
-    """Our weights into HF's names (REFERENCE.md §4.2), so that both compute the same function."""
-    cfg = ours.cfg
-    H, D, R, V = cfg.n_heads, cfg.nope_dim, cfg.rope_dim, cfg.value_dim
-
-    def per_head(a, a_dim, b, b_dim):                             # rows per head [a | b]
-        return torch.cat([a.view(H, a_dim, -1), b.view(H, b_dim, -1)], dim=1).reshape(H * (a_dim + b_dim), -1)
-
-    def copy_swiglu(dst, src):
-        dst.gate_proj.weight.copy_(src.w_gate.weight)
-        dst.up_proj.weight.copy_(src.w_up.weight)
-        dst.down_proj.weight.copy_(src.w_down.weight)
-
-    hf.model.embed_tokens.weight.copy_(ours.embed.weight)
-    hf.model.norm.weight.copy_(ours.norm.weight)
-    if not cfg.tie_embeddings:
-        hf.lm_head.weight.copy_(ours.head.weight)
-    for block, layer in zip(ours.blocks, hf.model.layers, strict=True):
-        layer.input_layernorm.weight.copy_(block.attn_norm.weight)
-        layer.post_attention_layernorm.weight.copy_(block.ffn_norm.weight)
-        attn, hf_attn = block.attn, layer.self_attn
-        hf_attn.q_proj.weight.copy_(per_head(attn.w_q.weight, D, attn.w_qr.weight, R))
-        hf_attn.kv_a_proj_with_mqa.weight.copy_(torch.cat([attn.w_dkv.weight, attn.w_kr.weight]))
-        hf_attn.kv_a_layernorm.weight.copy_(attn.kv_norm.weight)
-        hf_attn.kv_b_proj.weight.copy_(per_head(attn.w_uk.weight, D, attn.w_uv.weight, V))
-        hf_attn.o_proj.weight.copy_(attn.w_o.weight)
-        if not block.is_moe:
-            copy_swiglu(layer.mlp, block.ffn)
-            continue
-        moe, hf_moe = block.ffn, layer.mlp
-        hf_moe.gate.weight.copy_(moe.router.gate.weight)
-        hf_moe.gate.e_score_correction_bias.copy_(moe.router.bias)
-        for e, expert in enumerate(moe.experts):
-            hf_moe.experts.gate_up_proj[e].copy_(torch.cat([expert.w_gate.weight, expert.w_up.weight], 0))
-            hf_moe.experts.down_proj[e].copy_(expert.w_down.weight)
-        copy_swiglu(hf_moe.shared_experts, moe.shared_experts[0])
-
-
 def build_hf(ours: DeepSeekModel, experts_implementation: str):
+    """DeepseekV3ForCausalLM at our configuration holding our weights (hf_format.py maps the names)."""
     from transformers import DeepseekV3ForCausalLM
 
-    if ours.cfg.attention != "mla" or ours.cfg.q_latent_dim is not None or ours.cfg.n_shared_experts != 1:
-        raise ValueError("the HF side is mapped for MLA without query compression and one shared expert")
+    if ours.cfg.router_score != "sigmoid":
+        raise ValueError("the HF side of this benchmark is DeepseekV3, which routes with sigmoid scores")
+    hf_format.check_exportable(ours.cfg, ours.state_dict())
     hf = DeepseekV3ForCausalLM(hf_config(ours.cfg, experts_implementation))
-    copy_into_hf(ours, hf)
+    with torch.no_grad():
+        hf_format.load_into_hf(hf, ours.state_dict(), ours.cfg)
     return hf.train()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from components.moe import MoE, MoEStats, moe_dense_reference
+from hf_format import moe_to_hf
 
 
 def make_moe(n_shared=1, score="sigmoid", seed=0, **kwargs):
@@ -101,42 +102,88 @@ def test_backward_reaches_every_used_parameter():
     assert moe.router.bias.grad is None
 
 
-def test_matches_hugging_face_deepseek_v3_moe():
-    # An ImportError here must FAIL the test: the HF check is part of the quality bar.
-    from transformers import DeepseekV3Config
+# --- against Hugging Face transformers: the same weights must route and mix identically ---------
+
+def hf_moe(version: int, n_shared: int, top_k: int, route_scale: float, n_groups: int = 1, topk_groups: int = 1,
+           topk_method: str = "greedy"):
+    """HF's DeepseekV3MoE (sigmoid) or DeepseekV2Moe (softmax) at width 64, 8 experts of width 32.
+
+    An ImportError here must FAIL the test: the HF check is part of the quality bar."""
+    from transformers import DeepseekV2Config, DeepseekV3Config
+    from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2Moe
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
 
-    cfg = DeepseekV3Config(hidden_size=64, n_routed_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2,
-                           n_shared_experts=1, moe_intermediate_size=32, intermediate_size=128,
-                           routed_scaling_factor=2.5, norm_topk_prob=True)
+    sizes = dict(hidden_size=64, n_routed_experts=8, num_experts_per_tok=top_k, n_group=n_groups,
+                 topk_group=topk_groups, n_shared_experts=n_shared, moe_intermediate_size=32, intermediate_size=128,
+                 routed_scaling_factor=route_scale)
+    if version == 3:
+        cfg = DeepseekV3Config(**sizes, norm_topk_prob=True)
+    else:
+        cfg = DeepseekV2Config(**sizes, topk_method=topk_method)
     cfg._experts_implementation = "eager"
-    torch.manual_seed(0)
-    ours = MoE(64, 32, n_routed_experts=8, n_shared_experts=1, top_k=2, score="sigmoid", route_scale=2.5,
-               n_groups=4, topk_groups=2, use_bias=True)
-    ours.router.bias.copy_(torch.randn(8) * 0.05)                        # nonzero: must steer selection
-    hf = DeepseekV3MoE(cfg).eval()
-    with torch.no_grad():
-        hf.gate.weight.copy_(ours.router.gate.weight)
-        hf.gate.e_score_correction_bias.copy_(ours.router.bias)
-        for e, expert in enumerate(ours.experts):
-            hf.experts.gate_up_proj[e].copy_(torch.cat([expert.w_gate.weight, expert.w_up.weight], 0))
-            hf.experts.down_proj[e].copy_(expert.w_down.weight)
-        shared = ours.shared_experts[0]
-        hf.shared_experts.gate_proj.weight.copy_(shared.w_gate.weight)
-        hf.shared_experts.up_proj.weight.copy_(shared.w_up.weight)
-        hf.shared_experts.down_proj.weight.copy_(shared.w_down.weight)
+    return (DeepseekV3MoE if version == 3 else DeepseekV2Moe)(cfg).eval()
 
-    x = torch.randn(2, 12, 64)
+
+def expert_sets(router, x) -> list[set]:
+    return [set(row) for row in router(x).expert_ids.tolist()]
+
+
+def assert_same_routing_and_output(ours: MoE, hf, x: torch.Tensor) -> list[set]:
+    """Same experts per token, same weights (compared in expert order), same layer output."""
+    tokens = x.reshape(-1, x.shape[-1])
     with torch.no_grad():
         y, _ = ours(x)
         y_hf = hf(x)
-        route = ours.router(x.reshape(24, 64))
+        route = ours.router(tokens)
         _, hf_weights, hf_ids = hf.gate(x)
     ours_sets = [set(row) for row in route.expert_ids.tolist()]
     assert ours_sets == [set(row) for row in hf_ids.tolist()]
     order, hf_order = route.expert_ids.argsort(-1), hf_ids.argsort(-1)
     torch.testing.assert_close(route.weights.gather(1, order), hf_weights.gather(1, hf_order), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(y, y_hf, atol=1e-5, rtol=1e-5)
-    # the bias mattered: without it some tokens pick different experts
-    ours.router.bias.zero_()
-    assert [set(row) for row in ours.router(x.reshape(24, 64)).expert_ids.tolist()] != ours_sets
+    return ours_sets
+
+
+# (N_s, K, groups, kept groups): one shared expert as V3, none, two; K = E (every expert); group-limited routing
+V3_CASES = [(1, 2, 4, 2), (0, 2, 1, 1), (2, 3, 4, 2), (1, 8, 1, 1), (2, 8, 4, 4)]
+
+
+@pytest.mark.parametrize("n_shared, top_k, n_groups, topk_groups", V3_CASES)
+def test_matches_hugging_face_deepseek_v3_moe(n_shared, top_k, n_groups, topk_groups):
+    torch.manual_seed(0)
+    ours = MoE(64, 32, n_routed_experts=8, n_shared_experts=n_shared, top_k=top_k, score="sigmoid", route_scale=2.5,
+               n_groups=n_groups, topk_groups=topk_groups, use_bias=True)
+    ours.router.bias.copy_(torch.randn(8) * 0.05)                        # nonzero: must steer selection
+    hf = hf_moe(3, n_shared, top_k, 2.5, n_groups, topk_groups)
+    hf.load_state_dict(moe_to_hf(ours.state_dict()), strict=True)
+    x = torch.randn(2, 12, 64)
+    ours_sets = assert_same_routing_and_output(ours, hf, x)
+    tokens = x.reshape(24, 64)
+    with torch.no_grad():
+        if top_k < 8:       # the bias mattered: without it some tokens pick other experts
+            bias = ours.router.bias.clone()
+            ours.router.bias.zero_()
+            assert expert_sets(ours.router, tokens) != ours_sets
+            ours.router.bias.copy_(bias)
+        if topk_groups < n_groups:      # and so did the group limit
+            ours.router.n_groups = ours.router.topk_groups = 1
+            assert expert_sets(ours.router, tokens) != ours_sets
+        else:               # K = E: every token uses every expert
+            assert all(len(row) == top_k for row in ours_sets)
+
+
+@pytest.mark.parametrize("n_shared, top_k, topk_method", [(2, 2, "greedy"), (0, 3, "group_limited_greedy"),
+                                                          (1, 8, "greedy")])
+def test_softmax_routing_matches_hugging_face_deepseek_v2_moe(n_shared, top_k, topk_method):
+    limited = topk_method == "group_limited_greedy"
+    torch.manual_seed(1)
+    ours = MoE(64, 32, n_routed_experts=8, n_shared_experts=n_shared, top_k=top_k, score="softmax", route_scale=1.5,
+               n_groups=4 if limited else 1, topk_groups=2 if limited else 1)
+    hf = hf_moe(2, n_shared, top_k, 1.5, 4 if limited else 1, 2 if limited else 1, topk_method)
+    hf.load_state_dict(moe_to_hf(ours.state_dict(), selection_bias=False), strict=True)   # V2 has no bias
+    x = torch.randn(2, 12, 64)
+    ours_sets = assert_same_routing_and_output(ours, hf, x)
+    if limited:             # the group limit mattered
+        ours.router.n_groups = ours.router.topk_groups = 1
+        with torch.no_grad():
+            assert expert_sets(ours.router, x.reshape(24, 64)) != ours_sets

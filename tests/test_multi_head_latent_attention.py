@@ -7,6 +7,7 @@ import torch
 
 from components.kv_cache import LayerCache
 from components.multi_head_latent_attention import MultiHeadLatentAttention
+from hf_format import attention_to_hf
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 # d, H, C, R, D, V as in REFERENCE.md §4.1 (V != D on purpose)
@@ -110,22 +111,8 @@ def hf_attention(q_latent_dim):
 
 
 def copy_into_hf(mla: MultiHeadLatentAttention, hf) -> None:
-    """Our unfused weights -> HF's fused ones (REFERENCE.md §1.1 row layouts)."""
-    H, D, R, V = mla.n_heads, mla.qk_nope_head_dim, mla.rope_head_dim, mla.v_head_dim
-    with torch.no_grad():
-        def per_head(a, a_dim, b, b_dim):  # rows per head [a | b]
-            return torch.cat([a.view(H, a_dim, -1), b.view(H, b_dim, -1)], dim=1).reshape(H * (a_dim + b_dim), -1)
-
-        if mla.q_latent_dim is None:
-            hf.q_proj.weight.copy_(per_head(mla.w_q.weight, D, mla.w_qr.weight, R))
-        else:
-            hf.q_a_proj.weight.copy_(mla.w_dq.weight)
-            hf.q_a_layernorm.weight.copy_(mla.q_norm.weight)
-            hf.q_b_proj.weight.copy_(per_head(mla.w_uq.weight, D, mla.w_qr.weight, R))
-        hf.kv_a_proj_with_mqa.weight.copy_(torch.cat([mla.w_dkv.weight, mla.w_kr.weight]))  # [c_KV | k_pe]
-        hf.kv_a_layernorm.weight.copy_(mla.kv_norm.weight)
-        hf.kv_b_proj.weight.copy_(per_head(mla.w_uk.weight, D, mla.w_uv.weight, V))      # per head [k_nope | v]
-        hf.o_proj.weight.copy_(mla.w_o.weight)
+    """Our unfused weights -> HF's fused ones, through the project's one mapping (hf_format.py)."""
+    hf.load_state_dict(attention_to_hf(mla.state_dict(), mla.n_heads), strict=True)
 
 
 def additive_causal_mask(B, T, S):
@@ -167,7 +154,7 @@ def test_incremental_decoding_matches_hugging_face(absorb):
             chunk = x[:, start:start + size]
             positions = torch.arange(start, start + size).expand(B, size)
             expected, _ = hf(hidden_states=chunk, position_embeddings=rotary(chunk, positions),
-                             attention_mask=additive_causal_mask(B, size, start + size), past_key_values=hf_cache)
+                             attention_mask=additive_causal_mask(B, size, start + size), cache=hf_cache)
             torch.testing.assert_close(mla(chunk, cache=cache, absorb=absorb), expected, **TOL)
             start += size
     # HF caches the same two tensors: c_KV as "keys" [B, 1, S, C] and k_rot as "values" [B, 1, S, R],
