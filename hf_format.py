@@ -247,11 +247,12 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: ModelConfig,
     out = {"embed.weight": take("model.embed_tokens.")["weight"], "norm.weight": take("model.norm.")["weight"]}
     head = take("lm_head.").get("weight")
     out["head.weight"] = out["embed.weight"] if cfg.tie_embeddings or head is None else head
+    nope_head_dim = cfg.resolved().qk_nope_head_dim
     for i in range(cfg.n_layers):
         layer, ours = f"model.layers.{i}.", f"blocks.{i}."
         out[ours + "attn_norm.weight"] = take(layer + "input_layernorm.")["weight"]
         out[ours + "ffn_norm.weight"] = take(layer + "post_attention_layernorm.")["weight"]
-        attn = attention_from_hf(take(layer + "self_attn."), cfg.n_heads, cfg.nope_dim, rope_interleave)
+        attn = attention_from_hf(take(layer + "self_attn."), cfg.n_heads, nope_head_dim, rope_interleave)
         out |= _prefixed(ours + "attn.", attn)
         mlp = take(layer + "mlp.")
         ffn = moe_from_hf(mlp, cfg.n_routed_experts) if cfg.is_moe_layer(i) else swiglu_from_hf(mlp)
@@ -301,6 +302,7 @@ def check_exportable(cfg: ModelConfig, state: dict[str, torch.Tensor] | None = N
 def hf_config_dict(cfg: ModelConfig, tokenizer: dict | None = None) -> dict:
     """config.json of the equivalent DeepseekV3 (sigmoid) / DeepseekV2 (softmax) model."""
     model_type = hf_model_type(cfg)
+    sizes = cfg.resolved()                                   # the sizes our config leaves None, filled in
     ours_tokens = cfg.vocab_size > ENDOFTEXT_ID              # GPT-2's <|endoftext|> is in the vocabulary
     config = {
         "architectures": [ARCHITECTURES[model_type]], "model_type": model_type, "dtype": "float32",
@@ -310,11 +312,11 @@ def hf_config_dict(cfg: ModelConfig, tokenizer: dict | None = None) -> dict:
         "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std, "hidden_act": "silu",
         "attention_bias": False, "attention_dropout": 0.0, "use_cache": True,
         "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
-        "q_lora_rank": cfg.q_latent_dim, "kv_lora_rank": cfg.kv_latent_dim, "qk_nope_head_dim": cfg.nope_dim,
-        "qk_rope_head_dim": cfg.rope_dim, "v_head_dim": cfg.value_dim,
+        "q_lora_rank": cfg.q_latent_dim, "kv_lora_rank": cfg.kv_latent_dim, "qk_nope_head_dim": sizes.qk_nope_head_dim,
+        "qk_rope_head_dim": sizes.rope_head_dim, "v_head_dim": sizes.v_head_dim,
         # a dense-only model is "every layer before the first MoE layer"
         "first_k_dense_replace": cfg.n_dense_layers if cfg.ffn == "moe" else cfg.n_layers,
-        "intermediate_size": cfg.dense_ffn_dim, "moe_intermediate_size": cfg.expert_hidden_dim,
+        "intermediate_size": sizes.dense_hidden_dim, "moe_intermediate_size": cfg.expert_hidden_dim,
         "n_routed_experts": cfg.n_routed_experts, "n_shared_experts": cfg.n_shared_experts,
         "num_experts_per_tok": cfg.top_k, "routed_scaling_factor": cfg.route_scale,
         "n_group": cfg.n_expert_groups, "topk_group": cfg.topk_groups,

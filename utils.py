@@ -148,6 +148,7 @@ def parameter_count_from_config(cfg, buffers: bool = False) -> int:
     refused instead of built. `buffers=True` adds the persistent buffers (each router's bias), i.e.
     the numbers of the state_dict. tests/test_bad_inputs.py checks it against built models.
     """
+    cfg = cfg.resolved()                            # the sizes left None, filled in
     D, H, L = cfg.d_model, cfg.n_heads, cfg.n_layers
 
     def linear(n_in: int, n_out: int) -> int:
@@ -155,19 +156,20 @@ def parameter_count_from_config(cfg, buffers: bool = False) -> int:
 
     def attention() -> int:
         if cfg.attention == "mla":                  # components/multi_head_latent_attention.py
-            C, R, Dn, Dv, Q = cfg.kv_latent_dim, cfg.rope_dim, cfg.nope_dim, cfg.value_dim, cfg.q_latent_dim
+            C, R, Q = cfg.kv_latent_dim, cfg.rope_head_dim, cfg.q_latent_dim
+            Dn, Dv = cfg.qk_nope_head_dim, cfg.v_head_dim
             query = (linear(D, H * Dn) + linear(D, H * R) if Q is None
                      else linear(D, Q) + Q + linear(Q, H * Dn) + linear(Q, H * R))
             return query + linear(D, C) + C + linear(D, R) + linear(C, H * Dn) + linear(C, H * Dv) + linear(H * Dv, D)
         if cfg.attention == "linear":
             return 4 * linear(D, D)
-        kv = cfg.kv_heads * cfg.head_dim            # mha / gqa / mqa
+        kv = cfg.n_kv_heads * cfg.head_dim          # mha / gqa / mqa
         return linear(D, H * cfg.head_dim) + 2 * linear(D, kv) + linear(H * cfg.head_dim, D)
 
     def block(layer: int) -> int:
         norms = 2 * D
         if not cfg.is_moe_layer(layer):
-            return norms + attention() + 3 * linear(D, cfg.dense_ffn_dim)
+            return norms + attention() + 3 * linear(D, cfg.dense_hidden_dim)
         E, expert = cfg.n_routed_experts, 3 * linear(D, cfg.expert_hidden_dim)
         router = linear(D, E) + (E if buffers else 0)
         return norms + attention() + router + (E + cfg.n_shared_experts) * expert
@@ -213,11 +215,12 @@ def count_active_parameters(model: torch.nn.Module) -> int:
 
 def kv_cache_values_per_token(cfg) -> int:
     """Numbers one layer caches per token (V2 Table 1). Linear attention caches none per token."""
+    cfg = cfg.resolved()
     if cfg.attention == "mla":
-        return cfg.kv_latent_dim + cfg.rope_dim                      # c_KV and the shared RoPE key
+        return cfg.kv_latent_dim + cfg.rope_head_dim                 # c_KV and the shared RoPE key
     if cfg.attention == "linear":
         return 0                                                     # a fixed-size running state instead
-    return 2 * cfg.kv_heads * cfg.head_dim                           # K and V of every kv head
+    return 2 * cfg.n_kv_heads * cfg.head_dim                         # K and V of every kv head
 
 
 def kv_cache_bytes(cfg, n_tokens: int, batch: int = 1, bytes_per_value: int = 2) -> int:

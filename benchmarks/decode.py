@@ -37,9 +37,10 @@ def build_layers(cfg=DEFAULT) -> dict[str, tuple[torch.nn.Module, bool]]:
     """name -> (module, absorb). Both MLA variants share one module (and one cache)."""
     torch.manual_seed(0)
     mha = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_heads, max_positions=MAX_POSITIONS).eval()
-    mla = MultiHeadLatentAttention(cfg.d_model, cfg.n_heads, cfg.kv_latent_dim, cfg.rope_dim, cfg.nope_dim,
-                                   cfg.value_dim, q_latent_dim=cfg.q_latent_dim, max_positions=MAX_POSITIONS,
-                                   norm_eps=cfg.norm_eps).eval()
+    sizes = cfg.resolved()
+    mla = MultiHeadLatentAttention(cfg.d_model, cfg.n_heads, cfg.kv_latent_dim, sizes.rope_head_dim,
+                                   sizes.qk_nope_head_dim, sizes.v_head_dim, q_latent_dim=cfg.q_latent_dim,
+                                   max_positions=MAX_POSITIONS, norm_eps=cfg.norm_eps).eval()
     return {"mha": (mha, False), "mla_naive": (mla, False), "mla_absorbed": (mla, True)}
 
 
@@ -110,9 +111,9 @@ def main() -> None:
     torch.set_num_threads(2)
     contexts = (256, 2048) if args.quick else CONTEXTS
     repeats, warmup = (5, 2) if args.quick else (30, 5)
-    cfg = DEFAULT
+    cfg = DEFAULT.resolved()
     print(f"One attention layer, decode step, batch 1, fp32, {torch.get_num_threads()} threads: d={cfg.d_model}, "
-          f"H={cfg.n_heads}, D={cfg.head_dim}, C={cfg.kv_latent_dim}, R={cfg.rope_dim}; median of {repeats} (min)")
+          f"H={cfg.n_heads}, D={cfg.head_dim}, C={cfg.kv_latent_dim}, R={cfg.rope_head_dim}; median of {repeats} (min)")
     print(f"{'context':>8} | {'MHA ms':>8} {'naive ms':>9} {'absorbed ms':>12} | {'speedup (min)':>16} | "
           f"{'MHA KiB':>8} {'MLA KiB':>8} {'MHA/MLA':>8}")
     layers = build_layers(cfg)

@@ -1,15 +1,16 @@
 """ModelConfig: every size and switch of the model in one frozen, validated dataclass.
 
 Frozen so that an ablation never edits a preset by accident: derive a variant with
-`dataclasses.replace(SMALL, top_k=1)`. Sizes that follow from others are properties
-(derived, not stored), so `replace(cfg, n_heads=8)` can never leave a stale head size.
+`dataclasses.replace(SMALL, top_k=1)`. Sizes that follow from others by default (the head sizes,
+the key/value heads, the dense FFN width) stay None in the config and are filled in by
+`cfg.resolved()`, so `replace(cfg, n_heads=8)` can never leave a stale head size behind.
 
 Paper symbols (DeepSeek-V2 §2.1-2.2, V3 §2.1) next to each field; the README has the glossary.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 from components.settings import Settings, bad_field, check
 
@@ -90,7 +91,7 @@ class ModelConfig(Settings):
                 bad("n_kv_heads", f"GQA needs n_kv_heads dividing n_heads={self.n_heads}")
         if self.attention in ("mha", "gqa", "mqa", "linear") and self.head_dim % 2:
             bad("n_heads", f"head_dim={self.head_dim} must be even for RoPE")
-        if self.rope_dim % 2:
+        if self._resolved_sizes()["rope_head_dim"] % 2:
             bad("rope_head_dim", "must be even (RoPE rotates pairs)")
         if self.top_k > self.n_routed_experts:
             bad("top_k", f"must be <= n_routed_experts={self.n_routed_experts}")
@@ -126,40 +127,36 @@ class ModelConfig(Settings):
             bad("mtp_depth", f"must be < context_length={self.context_length} (MTP module k predicts token t+k+1 "
                              "of the same window, so depth D leaves context_length - D positions)")
 
-    # --- derived sizes (properties, never stored) -------------------------------------------
+    # --- derived sizes -------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
         """d_model // n_heads: head size of the baseline attentions, and the MLA default."""
         return self.d_model // self.n_heads
 
-    @property
-    def nope_dim(self) -> int:
-        """d_h: per-head query/key size without RoPE (qk_nope_head_dim)."""
-        return self.qk_nope_head_dim or self.head_dim
+    def resolved(self) -> ModelConfig:
+        """This config with every size left None replaced by the size it stands for (see _resolved_sizes).
 
-    @property
-    def rope_dim(self) -> int:
-        """d_h^R: per-head decoupled RoPE size (qk_rope_head_dim)."""
-        return self.rope_head_dim or self.head_dim // 2
+        Modules read their sizes from here: `cfg.resolved().rope_head_dim`. The config itself keeps the
+        None, on purpose: `replace(SMALL, n_heads=8)` then derives the head sizes from the new n_heads,
+        where a value stored at construction would go stale. So make variants of a config, not of a
+        resolved one.
+        """
+        return replace(self, **self._resolved_sizes())
 
-    @property
-    def value_dim(self) -> int:
-        """d_v: per-head value size (v_head_dim)."""
-        return self.v_head_dim or self.head_dim
-
-    @property
-    def kv_heads(self) -> int:
-        """Number of key/value heads of the baseline attentions (MHA n_h, GQA n_g, MQA 1)."""
-        if self.attention == "mqa":
-            return 1
-        if self.attention == "gqa":
-            return self.n_kv_heads
-        return self.n_heads
-
-    @property
-    def dense_ffn_dim(self) -> int:
-        """Hidden width of a dense FFN; by default equal to the MoE's active width."""
-        return self.dense_hidden_dim or self.expert_hidden_dim * (self.n_shared_experts + self.top_k)
+    def _resolved_sizes(self) -> dict[str, int]:
+        """The one place the defaults of the sizes that may be None are decided."""
+        return {
+            # d_h and d_v: the head size d_model // n_heads
+            "qk_nope_head_dim": self.qk_nope_head_dim or self.head_dim,
+            "v_head_dim": self.v_head_dim or self.head_dim,
+            # d_h^R: half a head, as in DeepSeek-V2/V3 (d_h = 128, d_h^R = 64: V2 §3.1.2 and Table 1)
+            "rope_head_dim": self.rope_head_dim or self.head_dim // 2,
+            # key/value heads of the baseline attentions: MHA n_h, GQA n_g, MQA 1 (MLA has no such heads;
+            # it caches one latent per token, and this says n_h)
+            "n_kv_heads": {"mqa": 1, "gqa": self.n_kv_heads}.get(self.attention, self.n_heads),
+            # a dense FFN as wide as the MoE's active experts (N_s shared + K_r routed)
+            "dense_hidden_dim": self.dense_hidden_dim or self.expert_hidden_dim * (self.n_shared_experts + self.top_k),
+        }
 
     @property
     def uses_aux_loss(self) -> bool:

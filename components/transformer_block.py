@@ -25,15 +25,16 @@ from components.multi_head_latent_attention import MultiHeadLatentAttention
 
 def build_attention(cfg: ModelConfig) -> nn.Module:
     """The attention kind the config names, with its sizes unpacked from the config."""
+    cfg = cfg.resolved()                            # the head sizes left None, filled in
     if cfg.attention == "mla":
         return MultiHeadLatentAttention(
-            cfg.d_model, cfg.n_heads, cfg.kv_latent_dim, cfg.rope_dim, cfg.nope_dim, cfg.value_dim,
+            cfg.d_model, cfg.n_heads, cfg.kv_latent_dim, cfg.rope_head_dim, cfg.qk_nope_head_dim, cfg.v_head_dim,
             q_latent_dim=cfg.q_latent_dim, max_positions=cfg.context_length, rope_theta=cfg.rope_theta,
             norm_eps=cfg.norm_eps, dropout=cfg.dropout)
     if cfg.attention == "linear":
         return LinearAttention(cfg.d_model, cfg.n_heads, max_positions=cfg.context_length, dropout=cfg.dropout)
     # mha / gqa / mqa differ only in how many key/value heads they keep
-    return CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.kv_heads, max_positions=cfg.context_length,
+    return CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, max_positions=cfg.context_length,
                                rope_theta=cfg.rope_theta, dropout=cfg.dropout)
 
 
@@ -55,7 +56,7 @@ class TransformerBlock(nn.Module):
         self.attn = build_attention(cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.is_moe = cfg.is_moe_layer(layer_idx)
-        self.ffn = build_moe(cfg) if self.is_moe else Expert(cfg.d_model, cfg.dense_ffn_dim)
+        self.ffn = build_moe(cfg) if self.is_moe else Expert(cfg.d_model, cfg.resolved().dense_hidden_dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None,

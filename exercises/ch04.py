@@ -151,7 +151,7 @@ def _ffn_reference(cfg: ModelConfig) -> tuple[int, int]:
                 total += layer_total
                 active += layer_total - (cfg.n_routed_experts - cfg.top_k) * per_expert
             else:
-                dense = sum(p.numel() for p in Expert(cfg.d_model, cfg.dense_ffn_dim).parameters())
+                dense = sum(p.numel() for p in Expert(cfg.d_model, cfg.resolved().dense_hidden_dim).parameters())
                 total += dense
                 active += dense
     return total, active
@@ -160,7 +160,7 @@ def _ffn_reference(cfg: ModelConfig) -> tuple[int, int]:
 def _describe(cfg: ModelConfig) -> str:
     return (f"ffn={cfg.ffn!r}, n_layers={cfg.n_layers}, n_dense_layers={cfg.n_dense_layers}, d_model={cfg.d_model}, "
             f"E={cfg.n_routed_experts}, K={cfg.top_k}, N_s={cfg.n_shared_experts}, I={cfg.expert_hidden_dim}, "
-            f"dense_ffn_dim={cfg.dense_ffn_dim}")
+            f"dense_hidden_dim={cfg.resolved().dense_hidden_dim}")
 
 
 def check_4_3(student_fn) -> None:
@@ -185,9 +185,9 @@ def check_4_3(student_fn) -> None:
         if total == want_total - router or active == want_active - router:
             hint = "did you forget the router? each MoE layer has a D x E gate matrix (every token uses it)"
         elif cfg.ffn == "dense" and total != want_total:
-            hint = "ffn='dense' means every layer holds one dense SwiGLU FFN of width cfg.dense_ffn_dim"
+            hint = "ffn='dense' means every layer holds one dense SwiGLU FFN of width cfg.resolved().dense_hidden_dim"
         elif total != want_total and cfg.n_dense_layers and n_moe < cfg.n_layers:
-            hint = ("the first n_dense_layers layers hold a dense SwiGLU FFN of width cfg.dense_ffn_dim, "
+            hint = ("the first n_dense_layers layers hold a dense SwiGLU FFN of width cfg.resolved().dense_hidden_dim, "
                     "the others an MoE")
         elif total == want_total and active == total:
             hint = "active counts only K of the E routed experts per MoE layer"

@@ -28,10 +28,11 @@ def _block_reference(cfg, layer: int) -> int:
 
 
 def _describe(cfg, layer: int) -> str:
+    cfg = cfg.resolved()
     return (f"layer {layer} of d_model={cfg.d_model}, n_heads={cfg.n_heads}, C={cfg.kv_latent_dim}, "
-            f"q_latent_dim={cfg.q_latent_dim}, D={cfg.nope_dim}, R={cfg.rope_dim}, V={cfg.value_dim}, "
+            f"q_latent_dim={cfg.q_latent_dim}, D={cfg.qk_nope_head_dim}, R={cfg.rope_head_dim}, V={cfg.v_head_dim}, "
             f"ffn={cfg.ffn!r}, n_dense_layers={cfg.n_dense_layers}, E={cfg.n_routed_experts}, "
-            f"N_s={cfg.n_shared_experts}, I={cfg.expert_hidden_dim}, dense_ffn_dim={cfg.dense_ffn_dim}")
+            f"N_s={cfg.n_shared_experts}, I={cfg.expert_hidden_dim}, dense_hidden_dim={cfg.dense_hidden_dim}")
 
 
 def _hint_6_1(cfg, layer: int, got: int, want: int) -> str:
@@ -48,10 +49,11 @@ def _hint_6_1(cfg, layer: int, got: int, want: int) -> str:
         return "the router's selection bias is a buffer (no gradient), not a parameter: do not count it"
     if moe and diff == 3 * d * cfg.expert_hidden_dim * cfg.n_shared_experts:
         return "did you forget the shared experts (N_s SwiGLU experts of width I, every token uses them)?"
-    if cfg.q_latent_dim is not None and diff == (cfg.q_latent_dim - d) * H * cfg.rope_dim:
+    if cfg.q_latent_dim is not None and diff == (cfg.q_latent_dim - d) * H * cfg.resolved().rope_head_dim:
         return "with query compression, W_QR reads the query latent c_Q (q_latent_dim wide), not the input h"
     if not moe and diff % (3 * d) == 0:
-        return "a dense layer holds ONE SwiGLU FFN of width cfg.dense_ffn_dim (3 * d_model * width parameters)"
+        return ("a dense layer holds ONE SwiGLU FFN of width cfg.resolved().dense_hidden_dim "
+                "(3 * d_model * width parameters)")
     return ("attention: W_DKV (d->C), kv_norm (C), W_KR (d->R), W_UK (C->H*D), W_UV (C->H*V), W_O (H*V->d), and "
             "the query matrices; FFN: dense SwiGLU, or router + (E + N_s) experts of 3*d*I")
 

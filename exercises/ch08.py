@@ -101,7 +101,8 @@ def check_equal_active_variant(student_fn) -> None:
             f"{new} experts: active parameters {active:,} != base {want_active:,}; split each expert's hidden width "
             f"by {factor} and multiply top_k AND n_shared_experts by {factor} (shared experts are always active)")
         assert total == want_total, f"{new} experts: total parameters {total:,} != base {want_total:,}"
-        assert cfg.dense_ffn_dim == base.dense_ffn_dim, "leave the dense layers (and everything else) unchanged"
+        assert cfg.resolved().dense_hidden_dim == base.resolved().dense_hidden_dim, \
+            "leave the dense layers (and everything else) unchanged"
         assert cfg.d_model == base.d_model and cfg.n_layers == base.n_layers
     try:
         student_fn(base, 6)

@@ -50,8 +50,9 @@ def test_presets_have_the_book_sizes():
     assert sizes(LARGE) == (512, 1024, 16, 12, 128, 16, 2, 4, 4096)
     for cfg in PRESETS.values():
         assert cfg.vocab_size == 50257
-        assert cfg.nope_dim == cfg.value_dim == cfg.head_dim == cfg.d_model // cfg.n_heads
-        assert cfg.rope_dim == cfg.head_dim // 2
+        sizes = cfg.resolved()
+        assert sizes.qk_nope_head_dim == sizes.v_head_dim == cfg.head_dim == cfg.d_model // cfg.n_heads
+        assert sizes.rope_head_dim == cfg.head_dim // 2
 
 
 def test_presets_are_frozen_and_replace_copies():
@@ -60,14 +61,14 @@ def test_presets_are_frozen_and_replace_copies():
     variant = dataclasses.replace(SMALL, top_k=1, n_heads=8)
     assert SMALL.top_k == 2 and variant.top_k == 1
     # derived sizes follow the variant, never a stale stored value
-    assert variant.head_dim == 32 and variant.rope_dim == 16
+    assert variant.head_dim == 32 and variant.resolved().rope_head_dim == 16
 
 
 def test_derived_sizes():
-    assert dataclasses.replace(TINY, attention="mqa").kv_heads == 1
-    assert dataclasses.replace(TINY, attention="gqa", n_kv_heads=2).kv_heads == 2
-    assert TINY.kv_heads == TINY.n_heads
-    assert SMALL.dense_ffn_dim == 1024 * 3
+    assert dataclasses.replace(TINY, attention="mqa").resolved().n_kv_heads == 1
+    assert dataclasses.replace(TINY, attention="gqa", n_kv_heads=2).resolved().n_kv_heads == 2
+    assert TINY.resolved().n_kv_heads == TINY.n_heads
+    assert SMALL.resolved().dense_hidden_dim == 1024 * 3
     assert dataclasses.replace(TINY, balancing="aux_free").balance_coefs["expert"] == 0.0
     assert dataclasses.replace(TINY, balancing="both").balance_coefs["expert"] == TINY.expert_balance_coef
     assert [TINY.is_moe_layer(i) for i in range(TINY.n_layers)] == [False, True]

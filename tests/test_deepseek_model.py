@@ -98,7 +98,8 @@ def test_measured_cache_bytes_equal_formula(variant):
         model(torch.randint(0, cfg.vocab_size, (1, 1)), caches=caches)
     assert measured_cache_bytes(caches) == kv_cache_bytes(cfg, 8, batch=1, bytes_per_value=4)
     if cfg.attention == "mla":
-        assert caches[0].values_per_token() == cfg.kv_latent_dim + cfg.rope_dim == kv_cache_values_per_token(cfg)
+        per_token = cfg.kv_latent_dim + cfg.resolved().rope_head_dim
+        assert caches[0].values_per_token() == per_token == kv_cache_values_per_token(cfg)
 
 
 @pytest.mark.parametrize("absorb", [False, True])

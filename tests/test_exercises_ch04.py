@@ -28,7 +28,7 @@ def dense_moe_combine(weights, expert_ids, expert_outputs, capacity=None):
 def ffn_parameter_counts(cfg):
     per_expert = 3 * cfg.d_model * cfg.expert_hidden_dim
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
-    dense = (cfg.n_layers - n_moe) * 3 * cfg.d_model * cfg.dense_ffn_dim
+    dense = (cfg.n_layers - n_moe) * 3 * cfg.d_model * cfg.resolved().dense_hidden_dim
     router = cfg.d_model * cfg.n_routed_experts
     total = dense + n_moe * (router + (cfg.n_routed_experts + cfg.n_shared_experts) * per_expert)
     active = dense + n_moe * (router + (cfg.top_k + cfg.n_shared_experts) * per_expert)

@@ -8,8 +8,9 @@ from tests.exercise_checks import exercise_checks
 
 # --- correct answers (the same as the solutions notebook) ------------------------------------
 def block_parameter_count(cfg, layer):
+    cfg = cfg.resolved()                                         # the head sizes left None, filled in
     d, H, C = cfg.d_model, cfg.n_heads, cfg.kv_latent_dim
-    D, R, V, Q = cfg.nope_dim, cfg.rope_dim, cfg.value_dim, cfg.q_latent_dim
+    D, R, V, Q = cfg.qk_nope_head_dim, cfg.rope_head_dim, cfg.v_head_dim, cfg.q_latent_dim
     if Q is None:
         query = d * H * D + d * H * R                            # W_Q and W_QR read h
     else:
@@ -19,7 +20,7 @@ def block_parameter_count(cfg, layer):
     if cfg.is_moe_layer(layer):
         ffn = d * cfg.n_routed_experts + (cfg.n_routed_experts + cfg.n_shared_experts) * 3 * d * cfg.expert_hidden_dim
     else:
-        ffn = 3 * d * cfg.dense_ffn_dim
+        ffn = 3 * d * cfg.dense_hidden_dim
     return attention + norms + ffn
 
 

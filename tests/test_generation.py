@@ -249,7 +249,7 @@ def test_cached_generation_equals_full_forward_greedy(attention, overrides, abso
     assert len(caches) == model.cfg.n_layers
     assert caches[0].length == out.shape[1] - 1               # the last token is never fed back
     if attention == "mla":
-        assert caches[0].values_per_token() == model.cfg.kv_latent_dim + model.cfg.rope_dim
+        assert caches[0].values_per_token() == model.cfg.kv_latent_dim + model.cfg.resolved().rope_head_dim
 
 
 def test_generation_past_the_context_slides_a_half_window(model, prompt):

@@ -56,7 +56,7 @@ def test_seed_book_prompt_command(checkpoint_path):
     (report,) = report_lines(result.stdout)
     assert "100 tokens" in report and "KiB" in report
     # MLA caches c_KV and the RoPE key: kv_latent_dim + rope_head_dim values per token per layer
-    assert f"{CFG.kv_latent_dim + CFG.rope_dim} values/token/layer" in report
+    assert f"{CFG.kv_latent_dim + CFG.resolved().rope_head_dim} values/token/layer" in report
 
 
 def test_hyphenated_flags_alias_and_stop_string(checkpoint_path):
