@@ -4,7 +4,7 @@ Presets are frozen `ModelConfig`s. Make a variant with `dataclasses.replace`, ne
     from dataclasses import replace
     cfg = replace(SMALL, top_k=1)
 Head dim = d_model / n_heads; qk_nope_head_dim = v_head_dim = head dim, rope_head_dim = head dim / 2
-(the properties of ModelConfig derive them).
+(sizes left None; `cfg.resolved()` fills them in).
 
 Router-bias rate: DeepSeek-V3 uses gamma = 0.001 over ~100K+ optimizer steps. Our runs last hundreds
 of steps, where 0.001 lets the bias move by ~0.1 only and the routers stay collapsed; 0.01 balances
