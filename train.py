@@ -14,6 +14,8 @@ setting is checked before any work starts; a bad one prints one line and exits w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import re
 import sys
 import textwrap
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with loss scaling; see precision.py)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that holds an earlier run (its files are replaced as this run "
+                        "writes its own; without this flag such an --out is refused)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig or TrainConfig field, typed by the field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -158,6 +163,77 @@ def describe(model_cfg: ModelConfig, train_cfg: TrainConfig, preset: str | None)
     return "\n".join([title, wrap(model_cfg.to_dict()), "train:", wrap(train_cfg.to_dict())])
 
 
+# --- checks that need no data: the vocabulary and the output folder ------------------------------
+
+EARLIER_RUN_FILES = ("latest.pt", "best_model.pt", "metrics.jsonl")
+
+
+def check_vocabulary(model_cfg: ModelConfig) -> None:
+    """train.py feeds GPT-2 token ids; an embedding smaller than that vocabulary would fail mid-run."""
+    from utils import tokenizer_identity
+
+    n_vocab = tokenizer_identity()["n_vocab"]
+    if model_cfg.vocab_size < n_vocab:
+        raise UsageError(f"vocab_size={model_cfg.vocab_size} is smaller than the GPT-2 tokenizer's {n_vocab} ids "
+                         f"that train.py feeds the model; use vocab_size >= {n_vocab} (the presets' value), or "
+                         "python -m ablation --vocab-top N, which remaps the ids to a smaller vocabulary")
+
+
+def check_out_dir(out_dir: str, resumed: bool, overwrite: bool) -> None:
+    """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
+    earlier = [name for name in EARLIER_RUN_FILES if (out / name).exists()]
+    if earlier and not resumed and not overwrite:
+        raise UsageError(f"--out {out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume to continue "
+                         "it, --overwrite to replace it, or choose another --out")
+
+
+def claim_out_dir(out_dir: str):
+    """Create --out if needed and lock it for this run -> (RunLock, created). UsageError if it cannot be."""
+    from run_lock import FolderLocked, RunLock
+
+    out = Path(out_dir)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out_dir}: cannot create the folder ({err.strerror or err}); "
+                         "choose a folder you can write to") from None
+    lock = RunLock(out)
+    try:
+        note = lock.acquire()
+    except FolderLocked as err:
+        raise UsageError(str(err)) from None
+    except OSError as err:               # the lock file is the first thing written: a read-only folder fails here
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise UsageError(f"--out {out_dir} is not writable ({err.strerror or err}); choose a folder you can write "
+                         "to, or fix its permissions") from None
+    if note:
+        print(note, file=sys.stderr)
+    return lock, created
+
+
+def release_out_dir(lock, created: bool, out_dir: str) -> None:
+    """Unlock; a folder this run created and left empty (it failed before writing anything) goes too."""
+    lock.release()
+    if created:
+        with contextlib.suppress(OSError):
+            Path(out_dir).rmdir()                 # only succeeds if empty
+
+
+def write_failure(err: OSError, train_cfg: TrainConfig, trainer) -> str:
+    """One line for a write that failed mid-run (a full disk, a folder made read-only), saying how to go on."""
+    saved = getattr(trainer, "last_saved", None)
+    resume = (f"then continue from the last save, {saved}, with: python train.py --out {train_cfg.out_dir} --resume"
+              if saved else "then run again (nothing was saved yet)")
+    return (f"train.py: error: writing to {train_cfg.out_dir} failed ({err.strerror or err}); the files already "
+            f"there are intact; free disk space or fix the folder, {resume}")
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -165,14 +241,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # 1) every setting is checked before any work starts
     try:
+        if args.resume and args.overwrite:
+            raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
         model_cfg, train_cfg, resumed = resolve_configs(args)
         from precision import choose_precision
         from utils import pick_device
 
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
+        check_vocabulary(model_cfg)
+        check_out_dir(train_cfg.out_dir, resumed is not None, args.overwrite)
+        # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists
+        lock = claim_out_dir(train_cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
     except (UsageError, ValueError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, model_cfg, train_cfg, resumed)
+    finally:
+        if lock is not None:
+            release_out_dir(*lock, train_cfg.out_dir)
+
+
+def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | None) -> int:
+    """Steps 2-4 of main, with --out locked."""
     from data import prepare_data
     from distributed import init_distributed
     from trainer import Trainer
@@ -197,9 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     say(prepared.summary)
-    if resumed is None and info.is_main and (Path(train_cfg.out_dir) / "latest.pt").exists():
-        print(f"note: {train_cfg.out_dir} holds an earlier run; its checkpoints will be overwritten "
-              "(pass --resume to continue it instead)", file=sys.stderr)
     # 3) train
     trainer = None
     try:
@@ -220,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         if trainer is None:      # a resume that does not fit the data or the model
             print(f"train.py: error: {err}", file=sys.stderr)
             return 2
+        if isinstance(err, OSError):             # a save or a metrics row that could not be written
+            print(write_failure(err, train_cfg, trainer), file=sys.stderr)
+            return 1
         raise
     finally:
         if trainer is not None:

@@ -21,6 +21,9 @@ because pulling a gain or a token's vector toward zero is not regularisation, it
 
 Everything a resumed run needs (weights, optimizer, RNGs, sampler position, router biases) goes into
 `latest.pt` (`Trainer.state_dict()`), so N steps + resume + N steps reproduces 2N uninterrupted steps.
+The save before it stays as `previous.pt`: if the very next loss comes out non-finite, latest.pt holds
+the weights that produced it, and the run rolls latest.pt back to previous.pt, the last checkpoint
+whose weights and following loss were both finite (weights that are not finite are never saved).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import torch
@@ -61,17 +64,44 @@ ONE_PROCESS = DistInfo()
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient norm became NaN/inf; training stopped before the weights were touched."""
 
-    def __init__(self, values: str, step: int | None = None, last_good: str | None = None):
+    def __init__(self, values: str, step: int | None = None, last_good: str | None = None, note: str | None = None):
         self.values = values
         where = f" at step {step}" if step is not None else ""
         resume = f"; last good checkpoint: {last_good}, continue from it with --resume" if last_good else \
             "; last good checkpoint: none yet"
         super().__init__(f"non-finite loss/gradient{where} ({values}): stopped before updating the weights"
-                         f"{resume if step is not None else ''}; lower --lr, raise warmup, or check the data")
+                         f"{'; ' + note if note else ''}{resume if step is not None else ''}; "
+                         "lower --lr, raise warmup, or check the data")
 
-    def at(self, step: int, last_good: str | None) -> NonFiniteLossError:
+    def at(self, step: int, last_good: str | None, note: str | None = None) -> NonFiniteLossError:
         """The same error, saying at which step and which checkpoint to resume from."""
-        return NonFiniteLossError(self.values, step, last_good)
+        return NonFiniteLossError(self.values, step, last_good, note)
+
+
+PREVIOUS_CHECKPOINT = "previous.pt"      # the save before latest.pt, for a rollback after a non-finite loss
+
+
+def keep_previous(latest: Path, ours: bool) -> None:
+    """Before latest.pt is replaced, keep it as previous.pt: a hard link (no copy; latest.pt never missing).
+
+    Only a latest.pt this run wrote or resumed from (`ours`); an earlier run's previous.pt in a folder
+    that --overwrite reuses is removed, so a rollback can never land in another run.
+    """
+    previous = latest.with_name(PREVIOUS_CHECKPOINT)
+    if not ours or not latest.exists():
+        if not ours:
+            with suppress(FileNotFoundError):
+                previous.unlink()
+        return
+    tmp = latest.with_name(f".{PREVIOUS_CHECKPOINT}.{os.getpid()}.tmp")    # a stale one is cleaned at start-up
+    try:
+        with suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(latest, tmp)
+        os.replace(tmp, previous)                # atomic: previous.pt is the old or the new one, never half
+    except OSError:                              # no hard links on this filesystem: no rollback point
+        with suppress(OSError):
+            tmp.unlink()
 
 
 # --- the optimizer ----------------------------------------------------------------------------------
@@ -316,6 +346,7 @@ class Trainer:
         self.budget_steps = budget_horizon(cfg, n_train, self.tokens_per_step)     # None: only time limits it
         self.schedule = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, self.budget_steps)
         self.step, self.best_val_loss, self.last_val_loss, self.last_saved, self.samples = 0, math.inf, None, None, []
+        self.saved_step: int | None = None               # step of the latest.pt this run wrote or resumed from
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
         path = self.out_dir / "metrics.jsonl" if self.out_dir and self.dist.is_main else None
         self.log = RunLog(path, quiet=cfg.quiet or not self.dist.is_main)
@@ -360,7 +391,7 @@ class Trainer:
                                      device=self.device, dist_info=self.dist, autocast=self._autocast,
                                      scaler=self.scaler)
                 except NonFiniteLossError as err:
-                    raise err.at(self.step + 1, self.last_saved) from None
+                    raise err.at(self.step + 1, *self._last_good_checkpoint()) from None
                 self.step, steps_done = self.step + 1, steps_done + 1
                 train_s += time.perf_counter() - step_started
                 self.log.bar.update(1)
@@ -451,6 +482,8 @@ class Trainer:
             self.log.say(f"warning: {path} was written by {len(ckpt.get('data', []))} process(es), this run has "
                          f"{self.dist.world_size}; the data order restarts from the seed")
         self.last_saved = f"{path} (step {self.step})"
+        if self.out_dir and Path(path) == self.out_dir / "latest.pt":
+            self.saved_step = self.step                   # latest.pt is this run's: previous.pt may follow it
         self.log.keep_until(self.step)
         self.log.say(f"resumed from {path} at step {self.step}")
 
@@ -467,15 +500,39 @@ class Trainer:
                 self.log.say(f"warning: step {self.step}: non-finite weights ({', '.join(bad[:3])}); latest.pt not "
                              f"overwritten, the last good checkpoint is {self.last_saved or 'none yet'}")
                 return self.step
-            path = ckpt_io.atomic_save(ckpt, self.out_dir / "latest.pt")
-            self.last_saved = f"{path} (step {self.step})"
+            latest = self.out_dir / "latest.pt"
+            keep_previous(latest, ours=self.saved_step is not None)
+            path = ckpt_io.atomic_save(ckpt, latest)
+            self.last_saved, self.saved_step = f"{path} (step {self.step})", self.step
         return self.step
+
+    def _last_good_checkpoint(self) -> tuple[str | None, str | None]:
+        """(checkpoint to resume from, note) after a non-finite loss at step self.step + 1.
+
+        If latest.pt holds exactly the weights whose loss just came out non-finite, resuming from it
+        replays the same batch (sampler and RNG are restored) through the same weights: the same loss,
+        whatever the lr. The save before it, previous.pt, is the last one whose next loss was finite:
+        it becomes latest.pt again, so that --resume starts from it.
+        """
+        if not (self.out_dir and self.dist.is_main and self.saved_step == self.step):
+            return self.last_saved, None
+        latest, previous = self.out_dir / "latest.pt", self.out_dir / PREVIOUS_CHECKPOINT
+        note = (f"latest.pt held the weights of step {self.step}, which produced this loss "
+                "(resuming from them repeats it)")
+        try:
+            step = int(ckpt_io.load_checkpoint(previous)["step"])
+            os.replace(previous, latest)
+        except (OSError, ckpt_io.CheckpointError, KeyError, TypeError, ValueError):
+            return None, note + "; no earlier checkpoint of this run was kept"
+        self.saved_step, self.last_saved = step, f"{latest} (step {step})"
+        return self.last_saved, note + f", so it was rolled back to the save of step {step}"
 
     def _save_best(self, val_loss: float | None) -> None:
         if self.out_dir:
             ckpt = ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind="best", train_config=self.cfg.to_dict(),
                                            trainer=self._progress() | {"val_loss": val_loss})
             ckpt_io.atomic_save(ckpt, self.out_dir / "best_model.pt")
+            ckpt_io.save_safetensors(ckpt, self.out_dir / "best_model.safetensors")   # + best_model.json
 
     def close(self) -> None:                                  # leave the process group if we joined it
         close_distributed(self.dist)

@@ -187,3 +187,154 @@ def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, capsys):
         load_model(path)
     assert inference.main(["--model_path", str(path), "--prompt", "Hi"]) == 1
     assert "norm.weight" in one_error_line(capsys.readouterr().err, "error: ")
+
+
+# --- train.py: the output folder ---------------------------------------------------------------------
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """train.main must refuse before preparing any data."""
+    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+
+
+def train_error(capsys, *argv) -> str:
+    assert train.main(["--preset", "tiny", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return one_error_line(captured.err, "train.py: error: ")
+
+
+def test_vocab_size_below_the_tokenizer_is_rejected_up_front(tmp_path, capsys, no_data):
+    out = tmp_path / "run"
+    line = train_error(capsys, "--set", "vocab_size=1000", "--out", str(out))
+    assert "vocab_size=1000 is smaller than the GPT-2 tokenizer's 50257 ids" in line and "--vocab-top" in line
+    assert not out.exists()                                             # nothing written
+
+
+def test_out_that_is_a_file_is_refused_up_front(tmp_path, capsys, no_data):
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes")
+    assert f"--out {out} is a file, not a folder" in train_error(capsys, "--out", str(out))
+    assert out.read_text() == "my notes"
+
+
+def test_read_only_out_is_refused_up_front(tmp_path, capsys, monkeypatch, no_data):
+    """A folder this process may not write to (chmod 555; as root, which ignores modes, the refusal the kernel
+    would give is simulated at os.open)."""
+    import errno
+    import os
+
+    out = tmp_path / "readonly"
+    out.mkdir()
+    (out / "keep.txt").write_text("kept")
+    out.chmod(0o555)
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(out)) and flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    try:
+        line = train_error(capsys, "--out", str(out))
+    finally:
+        out.chmod(0o755)
+    assert f"--out {out} is not writable (Permission denied)" in line
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_a_fresh_run_never_replaces_an_earlier_run_without_overwrite(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"kind": "train", "step": 7}\n')
+    (out / "latest.pt").write_bytes(b"an earlier run's checkpoint")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    line = train_error(capsys, "--out", str(out))
+    assert f"--out {out} holds an earlier run (latest.pt, metrics.jsonl)" in line
+    assert "--resume to continue it, --overwrite to replace it" in line
+    assert train_error(capsys, "--out", str(out), "--overwrite", "--resume").endswith("pass one of them")
+    # --overwrite gets past the check; a run that then fails (here: its data) still deletes nothing
+    monkeypatch.setattr("data.prepare_data", lambda *a, **k: (_ for _ in ()).throw(ValueError("no essays here")))
+    assert train.main(["--preset", "tiny", "--out", str(out), "--overwrite", "--quiet"]) == 2
+    assert one_error_line(capsys.readouterr().err, "train.py: error: ") == "train.py: error: no essays here"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # and the lock is gone again
+
+
+def test_a_folder_locked_by_a_live_run_is_refused(tmp_path, capsys, no_data):
+    from run_lock import RunLock
+
+    out = tmp_path / "run"
+    holder = RunLock(out.mkdir() or out)
+    assert holder.acquire() is None
+    try:
+        line = train_error(capsys, "--out", str(out))
+    finally:
+        holder.release()
+    assert f"{out} is in use by another training run (pid {__import__('os').getpid()} on " in line
+    assert "wait for it to finish, or choose another --out" in line
+    assert not (out / ".lock").exists()                                  # released: the file is gone
+
+
+def test_the_lock_of_a_sigkilled_run_is_taken_over_with_a_note(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from run_lock import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    code = ("import sys, time; from run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match="is in use by another training run"):
+            RunLock(out).acquire()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    lock = RunLock(out)
+    note = lock.acquire()                                 # the kernel dropped the dead process's lock
+    assert note.startswith(f"note: {out} was locked by a run that is no longer running (pid {proc.pid} on ")
+    assert note.endswith("taking its lock over")
+    lock.release()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_save(tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from training_helpers import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def disk_fills_up(obj, handle, *args, **kwargs):           # the first save fits, every later one does not
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_save(obj, handle, *args, **kwargs)
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    code = train.main(["--preset", "tiny", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--out",
+                       str(out), "--max-steps", "2", "--save-every", "1", "--eval-every", "0", "--batch-size", "2",
+                       "--quiet", "--set", "sample_tokens=0", "--set", "eval_batches=1"])
+    assert code == 1
+    line = one_error_line(capsys.readouterr().err, "train.py: error: ")
+    assert f"writing to {out} failed (No space left on device)" in line
+    assert f"continue from the last save, {out / 'latest.pt'} (step 1), with: python train.py --out {out} --resume" \
+        in line
+    from checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "latest.pt")["step"] == 1                  # the last complete save, intact
+    assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()

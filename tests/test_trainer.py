@@ -265,15 +265,20 @@ def test_stops_on_the_first_budget():
         "max_steps"
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("nan_step, good_step", [(6, 4), (5, 2)])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, nan_step, good_step):
+    """Saves at steps 2 and 4. A non-finite loss at step 6 leaves latest.pt (step 4) as it was: step 5 showed its
+    weights give a finite loss. At step 5 the loss comes from step 4's weights themselves (resuming from them
+    would replay it), so latest.pt is rolled back to the save of step 2 (issue 13)."""
     t = Trainer(tiny_cfg(), train_cfg(tmp_path, max_steps=10, save_every=2), train_ids=TRAIN_IDS, val_ids=VAL_IDS)
     latest = tmp_path / "latest.pt"
     seen = {"calls": 0}
 
     def poison(module, args, output):
         seen["calls"] += 1
-        if seen["calls"] == 5:                          # step 5; latest.pt holds step 4
+        if seen["calls"] == nan_step:
             seen["digest"] = hashlib.sha256(latest.read_bytes()).hexdigest()
+            seen["previous"] = hashlib.sha256((tmp_path / "previous.pt").read_bytes()).hexdigest()
             weights = {k: v.clone() for k, v in module.state_dict().items()}
             seen["weights"] = weights
             logits, loss, aux = output
@@ -281,16 +286,19 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return None
 
     t.raw_model.register_forward_hook(poison)
-    with pytest.raises(NonFiniteLossError, match=r"step 5 .*last good checkpoint: .*latest\.pt \(step 4\)") as err:
+    rolled = r"latest\.pt held the weights of step 4, .* rolled back to the save of step 2; " if nan_step == 5 else ""
+    with pytest.raises(NonFiniteLossError, match=rf"step {nan_step} .*{rolled}last good checkpoint: .*latest\.pt "
+                                                 rf"\(step {good_step}\), continue from it with --resume") as err:
         t.train()
     assert "\n" not in str(err.value)
-    assert hashlib.sha256(latest.read_bytes()).hexdigest() == seen["digest"]       # untouched
-    assert checkpoint.load_checkpoint(latest)["step"] == 4
+    assert checkpoint.load_checkpoint(latest)["step"] == good_step
+    expected = seen["digest"] if nan_step == 6 else seen["previous"]
+    assert hashlib.sha256(latest.read_bytes()).hexdigest() == expected          # the file itself, untouched
     for key, value in t.raw_model.state_dict().items():                              # no NaN update applied
         assert torch.equal(value, seen["weights"][key])
     assert not list(tmp_path.glob(".*.tmp"))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in rows) == 4
+    assert max(r["step"] for r in rows) == nan_step - 1
 
 
 def test_sample_errors_do_not_lose_training(tmp_path):
