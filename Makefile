@@ -6,8 +6,9 @@ setup:
 	bash scripts/setup.sh
 
 # Main job: train on the default data (real essays when found, else the bundled sample), then sample.
+# --overwrite: a second `make run` retrains into checkpoints/ (train.py refuses to replace a run silently).
 run: setup
-	$(VENV)/python train.py
+	$(VENV)/python train.py --overwrite
 	$(VENV)/python inference.py --model_path checkpoints/best_model.pt --prompt "The best way to learn programming is" --max_new_tokens 100 --temperature 0.8 --top_k 40
 
 # Whole test suite: lint, unit/equivalence/integration tests, every notebook under nbval.
