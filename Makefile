@@ -1,6 +1,6 @@
 # The two commands of the README. Both create .venv on a fresh machine.
 VENV := .venv/bin
-.PHONY: setup run test lint notebooks bench
+.PHONY: setup run test lint notebooks lab bench
 
 setup:
 	bash scripts/setup.sh
@@ -18,6 +18,11 @@ test: setup
 
 lint:
 	$(VENV)/ruff check .
+
+# Open the chapters in JupyterLab (installs the notebooks extra into .venv the first time).
+lab: setup
+	$(VENV)/python -m pip install -q -e ".[notebooks]"
+	$(VENV)/jupyter lab notebooks/
 
 # Re-execute every notebook in place (uses the real essays when DEEPSEEK_SCRATCH_DATA points at them).
 notebooks:

@@ -39,6 +39,9 @@ PRESETS: dict[str, ModelConfig] = {"tiny": TINY, "small": SMALL, "default": DEFA
 
 # --- non-model constants -------------------------------------------------------------------
 SEED = 1337
+# Where the project is published: the Colab badges and clone cells of every notebook are written from
+# this one address by `python scripts/colab.py` (edit it, run the script, commit the notebooks).
+REPOSITORY_URL = "https://github.com/deepseek-from-scratch/deepseek-from-scratch"
 PROJECT_ROOT = Path(__file__).resolve().parent
 DATA_DIR = PROJECT_ROOT / "data"
 DATA_CACHE_DIR = DATA_DIR / "cache"            # git-ignored: essays and token ids built from them
