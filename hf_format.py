@@ -503,10 +503,13 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     config = hf_config_dict(cfg, tokenizer)
     written = [save_safetensors(to_hf_state_dict(state, cfg), out_dir / "model.safetensors", {"format": "pt"}),
                _write_json(config, out_dir / "config.json")]
-    if ours and cfg.vocab_size == tokenizer_identity()["n_vocab"]:
-        written += write_tokenizer_files(out_dir, cfg.context_length)
-    else:
+    if not ours:
         say(f"note: no tokenizer files written: the checkpoint's tokenizer is {tokenizer}, not this project's GPT-2")
+    elif cfg.vocab_size != tokenizer_identity()["n_vocab"]:
+        say(f"note: no tokenizer files written: vocab_size={cfg.vocab_size} is not GPT-2's "
+            f"{tokenizer_identity()['n_vocab']} (a test-sized vocabulary)")
+    else:
+        written += write_tokenizer_files(out_dir, cfg.context_length)
     return written
 
 
