@@ -6,7 +6,7 @@
 SMALL preset, batch 8 x 128 tokens, CPU fp32, 2 threads (defaults). One training step, on both sides:
 forward, cross-entropy over the vocabulary, backward, gradient clipping (norm 1.0, as the
 Trainer does) and a fused AdamW step with the Trainer's settings and decay groups.
-HF is built at the equivalent configuration (REFERENCE.md §4: hidden 256, 4 heads, q_lora_rank None,
+HF is built at the equivalent configuration (docs/maths.md §4.2: hidden 256, 4 heads, q_lora_rank None,
 kv_lora_rank 64, qk_nope 64, qk_rope 32, v_head_dim 64, 4 routed experts top-2 + 1 shared,
 intermediate_size = our dense FFN width, first_k_dense_replace 1, tied embeddings,
 attn_implementation "sdpa") and holds OUR weights: its loss is checked equal to ours before timing,

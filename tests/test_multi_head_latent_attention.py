@@ -10,7 +10,7 @@ from components.multi_head_latent_attention import MultiHeadLatentAttention
 from hf_format import attention_to_hf
 
 TOL = dict(atol=1e-5, rtol=1e-5)
-# d, H, C, R, D, V as in REFERENCE.md §4.1 (V != D on purpose)
+# d, H, C, R, D, V: small, and V != D on purpose, so a key/value head-size mix-up cannot pass
 SIZES = dict(d_model=64, n_heads=4, kv_latent_dim=32, rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=12)
 
 
@@ -96,7 +96,7 @@ def test_gradients_reach_every_weight():
     assert not missing
 
 
-# --- against Hugging Face transformers (REFERENCE.md §4) ----------------------------------------
+# --- against Hugging Face transformers (docs/maths.md §4) ---------------------------------------
 
 def hf_attention(q_latent_dim):
     """HF's DeepseekV3Attention and rotary embedding for the sizes of SIZES; fails if transformers is missing."""
@@ -158,7 +158,7 @@ def test_incremental_decoding_matches_hugging_face(absorb):
             torch.testing.assert_close(mla(chunk, cache=cache, absorb=absorb), expected, **TOL)
             start += size
     # HF caches the same two tensors: c_KV as "keys" [B, 1, S, C] and k_rot as "values" [B, 1, S, R],
-    # the latter with the rotated pairs de-interleaved ([evens | odds], REFERENCE.md §1.3)
+    # the latter with the rotated pairs de-interleaved ([evens | odds], docs/maths.md §1.3)
     k_rope = cache.tensors()["k_rope"]
     torch.testing.assert_close(cache.tensors()["c_kv"], hf_cache.layers[0].keys[:, 0], **TOL)
     torch.testing.assert_close(torch.cat([k_rope[..., 0::2], k_rope[..., 1::2]], -1), hf_cache.layers[0].values[:, 0],
