@@ -1,5 +1,9 @@
-"""What the project's config dataclasses share (ModelConfig, TrainConfig, SamplingConfig), written once:
-the round trip through plain dicts (checkpoints and JSON records) and the checks of their fields.
+"""What the saved config dataclasses share (ModelConfig, TrainConfig), written once: the round trip
+through plain dicts (checkpoints and JSON records) and the checks of their fields.
+
+SamplingConfig (components/generation.py) is never saved and checks its own fields: its messages are
+what inference.py prints for a bad flag ("top_p=1.5: must be None or a number in (0, 1]"), and
+they also rule out NaN and infinity, which the rules below do not all do.
 
     @dataclass(frozen=True)
     class MyConfig(Settings):
