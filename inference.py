@@ -138,7 +138,8 @@ def sampling_config(settings: dict, sample: int = 0) -> SamplingConfig:
 def build_parser() -> CommandLine:
     parser = CommandLine(prog="inference.py", description="Sample from a DeepSeek-from-scratch checkpoint.")
     parser.add_argument("--model_path", "--checkpoint", dest="model_path", default=DEFAULT_MODEL_PATH,
-                        help="checkpoint file")
+                        help="best_model.pt, best_model.safetensors (with its .json beside it), or a Hugging Face "
+                             "DeepseekV3/V2 directory (python -m checkpoint to-hf writes one)")
     parser.add_argument("--prompt", default=None, help="text to continue (default: start from <|endoftext|>)")
     parser.add_argument("--interactive", "-i", action="store_true", help="prompt loop on stdin; type :help")
     for name, (parse, default, help_text) in SETTINGS.items():
