@@ -31,6 +31,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -384,10 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         shard = parse_shard(args.shard)
         if args.data and not Path(args.data).exists():
             raise UsageError(f"--data {args.data}: no such file or folder")
+        out = Path(args.out or Path("runs") / "ablations" / args.study)
+        check_out_folder(out)
     except UsageError as err:
         print(f"ablation: error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out or Path("runs") / "ablations" / args.study)
     print(f"study {args.study!r}: {len(specs)} runs ({len(specs) // len(args.seeds)} variants x "
           f"{len(args.seeds)} seeds) -> {out}")
     mine = [i for i in range(len(specs)) if shard is None or i % shard[1] == shard[0]]
@@ -397,13 +399,22 @@ def main(argv: list[str] | None = None) -> int:
         for s in [specs[i] for i in mine]:
             print(f"  {s.file_name}: {s.overrides} ({s.train_cfg.max_steps} steps)")
         return 0
+    try:                                                     # 2) the data and the record folder, still no run
+        with warnings.catch_warnings():                      # one 'warning: ...' line each, as train.py prints
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            data = load_data(args)
+        check_data_size(specs, data)
+        out.mkdir(parents=True, exist_ok=True)              # only now: a bad file above leaves no empty folder
+    except (UsageError, OSError, ValueError, RuntimeError) as err:
+        print(f"ablation: error: {err}", file=sys.stderr)
+        return 2
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         command = "python -m ablation " + shlex.join(without_shard(argv))    # the same records, unsharded
-        run_all(specs, args, out, command, mine)
+        run_all(specs, args, out, command, mine, data=data)
     finally:
         torch.set_num_threads(threads)
     if args.report and shard is None:
@@ -412,8 +423,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_all(specs: list[RunSpec], args, out: Path, command: str, mine: list[int] | None = None) -> None:
-    train_ids, val_ids, data_id = load_data(args)           # 2) data once for all runs
+def check_out_folder(out: Path) -> None:
+    """--out must be a folder or not exist yet (nor sit below a file): UsageError before any work."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out else f"is below {folder}, which is a file"
+                raise UsageError(f"--out {out} {where}, not a folder; pass a folder for the records")
+            return
+
+
+def check_data_size(specs: list[RunSpec], data: tuple) -> None:
+    """Every run needs one window (context_length + 1 tokens) of training and of validation data."""
+    train_ids, val_ids, data_id = data
+    need = max(spec.model_cfg.context_length for spec in specs) + 1
+    if min(len(train_ids), len(val_ids)) < need:
+        raise UsageError(f"the data ({data_id.get('source')}) has {len(train_ids):,} training and {len(val_ids):,} "
+                         f"validation tokens; every run needs at least one window of context_length+1 = {need:,} "
+                         "of each: pass more essays (--data) or a smaller --context-length")
+
+
+def run_all(specs: list[RunSpec], args, out: Path, command: str, mine: list[int] | None = None,
+            data: tuple | None = None) -> None:
+    train_ids, val_ids, data_id = data or load_data(args)   # 2) data once for all runs
     out.mkdir(parents=True, exist_ok=True)
     for i, spec in enumerate(specs, 1):                      # 3) the runs, skipping finished ones
         if mine is not None and i - 1 not in mine:           # another shard's run

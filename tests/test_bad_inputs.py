@@ -22,7 +22,8 @@ from utils import count_parameters, parameter_count_from_config
 
 
 def one_error_line(err: str, prefix: str) -> str:
-    lines = err.strip().splitlines()
+    """The one error line of stderr (lines that only warn, 'warning: ...', may come before it)."""
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1 and lines[0].startswith(prefix), err
     return lines[0]
 
@@ -338,3 +339,36 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_save(tmp_path, 
 
     assert load_checkpoint(out / "latest.pt")["step"] == 1                  # the last complete save, intact
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+
+
+# --- python -m ablation --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    ("title,body\nA,some words\n", "no 'text' column"),
+    ("text\nOnly a few words here.\n", "every run needs at least one window of context_length+1"),
+])
+def test_ablation_with_bad_data_is_one_line_and_leaves_no_folder(tmp_path, capsys, content, message):
+    from ablation import run as ablation
+
+    bad = tmp_path / "essays.csv"
+    bad.write_text(content)
+    out = tmp_path / "records"
+    assert ablation.main(["--tokens", "64", "--data", str(bad), "--out", str(out), "--cache-dir",
+                          str(tmp_path / "cache")]) == 2
+    assert message in one_error_line(capsys.readouterr().err, "ablation: error: ")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_ablation_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch, below):
+    from ablation import run as ablation
+
+    monkeypatch.setattr(ablation, "load_data", lambda *a: pytest.fail("data loaded before the check"))
+    target = tmp_path / "records.txt"
+    target.write_text("not a folder")
+    out = target / "study" if below else target
+    assert ablation.main(["--tokens", "64", "--out", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err, "ablation: error: ")
+    expected = f"is below {target}, which is a file" if below else "is a file, not a folder"
+    assert f"--out {out} {expected}" in line
+    assert target.read_text() == "not a folder"
