@@ -618,3 +618,87 @@ def plot_load_balance_over_steps(series: dict, top_k: int | None = None, n_exper
     fig.legend(fontsize=8, loc="outside right center")
     fig.suptitle(title)
     return fig
+
+
+# --- a training run's metrics.jsonl (python -m trainer plot RUN_DIR) ----------------------------------
+def read_metrics(path) -> list[dict]:
+    """The rows of a metrics.jsonl; a line cut short (a run still writing, or killed mid-line) is skipped."""
+    import json
+
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def plot_run(rows: list[dict], title: str = "Training run"):
+    """Four panels from the Trainer's metrics rows: train and validation cross-entropy, the learning rate,
+    the gradient norm (before clipping), and max/ideal expert load for each MoE layer (1.0 = balanced)."""
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r.get("kind") == "train"]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    steps = [r["step"] for r in train]
+    fig, axes = plt.subplots(2, 2, figsize=(11.0, 7.0), constrained_layout=True)
+    (loss_ax, lr_ax), (grad_ax, load_ax) = axes
+    loss_ax.plot(steps, [r["ce"] for r in train], color="C0", linewidth=1.2, label="train (batch ce)")
+    if evals:
+        loss_ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", color="C1", markersize=4,
+                     label="validation")
+    loss_ax.set_ylabel("cross-entropy (nats/token)")
+    loss_ax.set_title("Loss")
+    loss_ax.legend(fontsize=8)
+    lr_ax.plot(steps, [r["lr"] for r in train], color="C2", linewidth=1.2)
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_title("Learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lr_ax.set_ylim(bottom=0)
+    grad_ax.plot(steps, [r["grad_norm"] for r in train], color="C3", linewidth=1.0)
+    grad_ax.set_ylabel("gradient norm (before clipping)")
+    grad_ax.set_title("Gradient norm")
+    grad_ax.set_ylim(bottom=0)
+    n_moe = max((len(r.get("load_max_ratio", [])) for r in train), default=0)
+    for layer in range(n_moe):
+        points = [(r["step"], r["load_max_ratio"][layer]) for r in train if len(r.get("load_max_ratio", [])) > layer]
+        load_ax.plot(*zip(*points, strict=True), color=f"C{layer % 10}", linewidth=1.0, label=f"MoE layer {layer}")
+    if n_moe:
+        load_ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+        load_ax.legend(fontsize=8)
+    else:
+        load_ax.text(0.5, 0.5, "no MoE layers in this run", ha="center", va="center", transform=load_ax.transAxes)
+    load_ax.set_ylabel("max / ideal expert load (ratio)")
+    load_ax.set_title("Expert load per MoE layer")
+    for ax in axes.flat:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_run_dir(run_dir, out=None):
+    """Draw RUN_DIR/metrics.jsonl into RUN_DIR/metrics.png (or `out`); returns the PNG's path.
+
+    ValueError (one line, with the fix) when there is nothing to draw."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from files import atomic_write
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        raise ValueError(f"no metrics.jsonl in {run_dir}: pass the --out directory of a train.py run "
+                         "(default checkpoints)")
+    rows = read_metrics(metrics)
+    if not any(r.get("kind") == "train" for r in rows):
+        raise ValueError(f"{metrics} has no training rows yet: wait for the first logged step")
+    fig = plot_run(rows, title=f"Training run: {run_dir}")
+    try:
+        return atomic_write(Path(out) if out else run_dir / "metrics.png",
+                            lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
