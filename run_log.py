@@ -22,9 +22,12 @@ class RunLog:
         self.path, self.quiet, self.fresh = path, quiet, fresh
         self.rows: list[dict] = []
         self.file = self.bar = None
+        self.sinks: list = []               # more places each row goes (e.g. TensorBoardLog); closed with the log
 
     def record(self, row: dict) -> None:
         self.rows.append(row)
+        for sink in self.sinks:
+            sink.write(row)
         if self.path is not None:
             if self.file is None:
                 self.file = open(self.path, "w" if self.fresh else "a")
@@ -86,6 +89,49 @@ class RunLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+        for sink in self.sinks:
+            sink.close()
+
+
+class TensorBoardLog:
+    """The metrics rows as TensorBoard events in `log_dir` (train.py --tensorboard DIR).
+
+    Every number of a row becomes a scalar at the row's optimizer step: `train/loss`, `train/lr`, ...,
+    `eval/val_loss`; the per-MoE-layer lists become `load/max_ratio_layer0`, `load/dead_experts_layer0`,
+    ...; the samples become text. Needs the optional `tensorboard` package (`check_available`).
+    """
+
+    PER_LAYER = {"load_max_ratio": "max_ratio", "dead_experts": "dead_experts", "dropped_tokens": "dropped_tokens"}
+
+    def __init__(self, log_dir: str | Path):
+        self.check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    @staticmethod
+    def check_available() -> None:
+        """ValueError (one line, with the fix) when the tensorboard package is not installed."""
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\"") from None
+
+    def write(self, row: dict) -> None:
+        kind, step = row.get("kind"), row.get("step", 0)
+        for key, value in row.items():
+            if key in self.PER_LAYER:
+                for layer, v in enumerate(value):
+                    self.writer.add_scalar(f"load/{self.PER_LAYER[key]}_layer{layer}", v, step)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                self.writer.add_scalar(f"{kind}/{key}", value, step)
+        if kind == "sample":
+            texts = [f"{r['prompt']}{r['text']}" if r.get("text") is not None else str(r.get("error"))
+                     for r in row["samples"]]
+            self.writer.add_text("samples", "\n\n".join(texts), step)
+
+    def close(self) -> None:
+        self.writer.close()          # flushed and closed; a later row (another train() call) opens a new file
 
 
 def format_train_row(row: dict) -> str:

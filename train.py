@@ -26,6 +26,7 @@ from pathlib import Path
 from cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
+from run_log import TensorBoardLog
 from trainer import NonFiniteLossError, TrainConfig
 
 DEFAULT_PRESET = "small"
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig or TrainConfig field, typed by the field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also log the metrics as TensorBoard events to DIR (needs: pip install -e \".[tensorboard]\")")
     return p
 
 
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
         check_vocabulary(model_cfg)
         check_out_dir(train_cfg.out_dir, resumed is not None, args.overwrite)
+        if args.tensorboard:
+            TensorBoardLog.check_available()
         # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists
         lock = claim_out_dir(train_cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
     except (UsageError, ValueError) as err:
@@ -292,6 +297,9 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     trainer = None
     try:
         trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None)
+        if args.tensorboard and trainer.dist.is_main:
+            trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
+            say(f"TensorBoard events: {args.tensorboard} (view them with: tensorboard --logdir {args.tensorboard})")
         model = trainer.raw_model
         say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "
             f"device {trainer.device} | {'fused' if trainer.fused else 'plain'} AdamW | "
