@@ -71,9 +71,10 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape
         H, G, D = self.n_heads, self.n_kv_heads, self.head_dim
         start = cache.length if cache is not None else 0
-        # 1) project and rotate; the new tokens sit at positions start .. start+T-1
-        q = self.rope(self.w_q(x).view(B, T, H, D), start)          # (B, T, H, D)
-        k = self.rope(self.w_k(x).view(B, T, G, D), start)          # (B, T, G, D)
+        positions = cache.positions(T) if cache is not None else None   # (B, T) in a left-padded batch
+        # 1) project and rotate; the new tokens sit at positions start .. start+T-1 (or `positions`)
+        q = self.rope(self.w_q(x).view(B, T, H, D), start, positions)   # (B, T, H, D)
+        k = self.rope(self.w_k(x).view(B, T, G, D), start, positions)   # (B, T, G, D)
         v = self.w_v(x).view(B, T, G, D)                            # (B, T, G, D)
         # 2) the cache keeps k and v of every token seen: 2*G*D numbers per token
         if cache is not None:
@@ -84,11 +85,14 @@ class CausalSelfAttention(nn.Module):
         if G != H:
             k = k.repeat_interleave(H // G, dim=2)                  # (B, S, H, D)
             v = v.repeat_interleave(H // G, dim=2)                  # (B, S, H, D)
-        # 4) softmax attention; is_causal only when the T queries are all the keys (no past)
+        # 4) softmax attention; is_causal only when the T queries are all the keys (no past);
+        #    a left-padded batch brings its own (B, T, S) mask that also hides the padding
+        pad_mask = cache.attention_mask(T, S) if cache is not None else None
+        mask = pad_mask[:, None] if pad_mask is not None else causal_mask(T, S, x.device) if S > T else None
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),  # (B, H, T|S, D)
-            attn_mask=causal_mask(T, S, x.device) if S > T else None,
-            is_causal=S == T and T > 1, dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, D)
+            attn_mask=mask, is_causal=mask is None and S == T and T > 1,
+            dropout_p=self.dropout if self.training else 0.0)      # (B, H, T, D)
         out = out.transpose(1, 2).reshape(B, T, H * D)              # (B, T, H*D)
         return self.out_dropout(self.w_o(out))                      # (B, T, d)
 
@@ -128,6 +132,11 @@ class LinearAttention(nn.Module):
         phi_q = F.elu(self.w_q(x).view(B, T, H, D).transpose(1, 2).float()) + 1   # (B, H, T, D)
         phi_k = F.elu(self.w_k(x).view(B, T, H, D).transpose(1, 2).float()) + 1   # (B, H, T, D)
         v = self.w_v(x).view(B, T, H, D).transpose(1, 2).float()                  # (B, H, T, D)
+        pad_query = None
+        if cache is not None and cache.pad is not None:   # a left-padded batch: padding adds nothing
+            columns = start + torch.arange(T, device=x.device)                    # (T,)
+            pad_query = (columns[None, :] < cache.pad[:, None])[:, None, :, None]  # (B, 1, T, 1)
+            phi_k, v = phi_k.masked_fill(pad_query, 0.0), v.masked_fill(pad_query, 0.0)
         # 2) the state carried in from earlier tokens (zero for a fresh sequence)
         state = cache.get_state("s") if cache is not None else None
         if state is None:
@@ -148,6 +157,9 @@ class LinearAttention(nn.Module):
             z = z + k_c.sum(dim=2)                                                # (B, H, D)
         if cache is not None:
             cache.set_state(T, s=state, z=z)
-        out = torch.cat(outputs, dim=2).type_as(x)                                # (B, H, T, D)
+        out = torch.cat(outputs, dim=2)                                           # (B, H, T, D)
+        if pad_query is not None:                 # a padding query saw only zeros: 0/0, never used
+            out = out.masked_fill(pad_query, 0.0)
+        out = out.type_as(x)
         out = out.transpose(1, 2).reshape(B, T, H * D)                            # (B, T, d)
         return self.out_dropout(self.w_o(out))                                    # (B, T, d)

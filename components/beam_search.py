@@ -47,7 +47,8 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
     prompt = check_prompt(model, idx)
     if prompt.shape[0] != 1:
-        raise ValueError(f"beam_search takes one prompt (1, T); got batch {prompt.shape[0]}")
+        raise ValueError(f"beam search takes one prompt at a time (1, T), got a batch of {prompt.shape[0]}: call it "
+                         "once per prompt (generate() decodes a batch of prompts together)")
     stops = {stop_tokens} if isinstance(stop_tokens, int) else set(stop_tokens or ())
     context = model.cfg.context_length
     was_training = model.training

@@ -75,9 +75,10 @@ class DeepSeekModel(nn.Module):
                 nn.init.zeros_(module.bias)
 
     # --- helpers used by the trainer, generation and notebooks ------------------------------
-    def new_caches(self) -> list[LayerCache]:
-        """One empty cache per layer, for incremental decoding."""
-        return [LayerCache() for _ in self.blocks]
+    def new_caches(self, pad: torch.Tensor | None = None) -> list[LayerCache]:
+        """One empty cache per layer, for incremental decoding; `pad` (B,): leading padding columns of
+        each row of a left-padded batch of prompts (components/kv_cache.py)."""
+        return [LayerCache(pad) for _ in self.blocks]
 
     def routers(self) -> list[Router]:
         """Every MoE router (main layers first, then MTP): the trainer updates their biases."""

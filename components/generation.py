@@ -25,9 +25,19 @@ during generation, we keep a sliding window: drop the cache and re-prefill the l
 window of context, and the re-prefill costs one forward of context_length/2 tokens per
 context_length/2 generated tokens -- amortised, about one extra token's work per token.
 
+Several prompts of different lengths at once: they are LEFT-padded into one (B, T) batch with an
+attention mask (`pad_prompts`), so that every row's last token sits in the last column and each
+step appends one column. The caches know each row's padding (components/kv_cache.py): every token
+gets its position within its own row (the RoPE angle it would get alone), no query ever sees a
+padding column, and the window slides per row, when that row's own cache is full (the rows that
+are not full are re-prefilled unchanged with it). The penalties look at each row's own history,
+and `seed=[s_1, ..., s_B]` gives every row its own generator. So row b of a batch produces the
+tokens that prompt b produces alone (greedy: the same argmax; sampled: the same draws from seed
+s_b), up to float rounding of the batched kernels.
+
 Entry points: `generate` (what `DeepSeekModel.generate` calls) and `stream_tokens` (the same loop,
 one token at a time, for printing as you go or stopping on a decoded string). Beam search, a
-deterministic search instead of sampling, is in components/beam_search.py.
+deterministic search instead of sampling, is in components/beam_search.py (one prompt at a time).
 
 Shapes: B batch rows, T prompt tokens, S tokens so far (prompt + generated), V vocabulary.
 """
@@ -225,42 +235,109 @@ def check_prompt(model, idx: torch.Tensor) -> torch.Tensor:
     return idx.to(device=_model_device(model), dtype=torch.long)
 
 
+def pad_prompts(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths (lists of ids or 1-D tensors) -> left-padded (B, T) ids and a
+    (B, T) bool attention mask (True on real tokens). The pad id is never attended to."""
+    rows = [torch.as_tensor(p) for p in prompts]
+    if not rows or any(r.dim() != 1 or r.numel() == 0 or r.dtype.is_floating_point or r.dtype == torch.bool
+                       for r in rows):
+        raise ValueError("prompts must be a non-empty list of non-empty 1-D sequences of token ids")
+    T = max(r.numel() for r in rows)
+    idx = torch.full((len(rows), T), pad_id, dtype=torch.long)                   # (B, T)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)                           # (B, T)
+    for b, row in enumerate(rows):
+        idx[b, T - row.numel():] = row
+        mask[b, T - row.numel():] = True
+    return idx, mask
+
+
+def _padding(mask: torch.Tensor | None, idx: torch.Tensor) -> list[int] | None:
+    """Leading padding columns per row from a left-padding attention mask; None if there is none."""
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask, device=idx.device).bool()
+    if mask.shape != idx.shape:
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, idx {tuple(idx.shape)}: they must match")
+    real = mask.sum(dim=1)                                                       # (B,)
+    pads = (idx.shape[1] - real).tolist()
+    # left padding: each row is False...False True...True, with at least one True
+    left_padded = torch.arange(idx.shape[1], device=idx.device)[None, :] >= (idx.shape[1] - real)[:, None]
+    if bool((real == 0).any()) or not torch.equal(mask, left_padded):
+        raise ValueError("attention_mask must left-pad every row (zeros, then ones) and leave each row at least one "
+                         "token; build it with pad_prompts(prompts)")
+    return pads if any(pads) else None
+
+
 def _forward_last(model, idx: torch.Tensor, caches, absorb: bool) -> torch.Tensor:
     """Logits of the last position as fp32 (B, V)."""
     logits, _, _ = model(idx, caches=caches, absorb=absorb)                     # (B, T, V)
     return logits[:, -1, :].float()
 
 
+def _prefill(model, rows: list[torch.Tensor], absorb: bool) -> tuple[torch.Tensor, list, list[int]]:
+    """Left-pad `rows` (1-D token tensors) into a batch, prefill fresh caches -> (logits (B, V), caches, pads)."""
+    width = max(r.numel() for r in rows)
+    pads = [width - r.numel() for r in rows]
+    if not any(pads):                                   # equal lengths: the plain causal path
+        batch = torch.stack(rows)                                               # (B, T)
+        caches = model.new_caches()
+    else:
+        batch = torch.stack([torch.cat((r.new_zeros(p), r)) for r, p in zip(rows, pads, strict=True)])  # (B, T)
+        caches = model.new_caches(pad=torch.tensor(pads, device=batch.device))
+    return _forward_last(model, batch, caches, absorb), caches, pads
+
+
 @torch.no_grad()
 def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: SamplingConfig = SamplingConfig(),
-                  absorb: bool = True) -> Iterator[tuple[torch.Tensor, list]]:
+                  absorb: bool = True, attention_mask: torch.Tensor | None = None,
+                  row_seeds=None) -> Iterator[tuple[torch.Tensor, list]]:
     """Yield (next_tokens (B, 1), caches) once per new token: the loop that `generate` collects.
 
     Useful to print as you go or to stop on a decoded string. The caller owns the model mode:
     `generate` switches to eval() and back around this loop. Finished rows (that emitted a stop
     token) keep emitting their stop token; the stream ends once every row has finished.
+    attention_mask (B, T): a left-padded batch of prompts (see `pad_prompts`); row_seeds: one seed
+    per row, each row sampling from its own generator (then config.seed is not used).
     """
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be an integer >= 0")
     out = check_prompt(model, idx)                                              # (B, T)
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask)[:, -out.shape[1]:]     # cropped like the prompt
+    hist_pad = _padding(attention_mask, out) or [0] * out.shape[0]              # padding of each row's history
+    B = out.shape[0]
+    if row_seeds is not None and (isinstance(row_seeds, int) or len(row_seeds) != B):
+        raise ValueError(f"row_seeds must give one seed per row ({B}); got {row_seeds!r}")
+    generators = None
+    if row_seeds is not None:                   # one local RNG per row: row b alone, with seed b, draws the same
+        generators = [torch.Generator(device=out.device).manual_seed(SamplingConfig(seed=s).seed) for s in row_seeds]
     if max_new_tokens == 0:
         return
     context = model.cfg.context_length
     generator = None
-    if config.seed is not None:                 # local RNG: reproducible, global state untouched
+    if config.seed is not None and generators is None:   # local RNG: reproducible, global state untouched
         generator = torch.Generator(device=out.device).manual_seed(config.seed)
     stops = torch.tensor(config.stop_tokens, dtype=torch.long, device=out.device)  # (n_stop,)
-    finished = torch.zeros(out.shape[0], 1, dtype=torch.bool, device=out.device)   # (B, 1)
+    finished = torch.zeros(B, 1, dtype=torch.bool, device=out.device)               # (B, 1)
     pad = torch.zeros_like(finished, dtype=torch.long)                              # (B, 1)
 
+    def history(b: int) -> torch.Tensor:        # row b's tokens so far, without padding
+        return out[b, hist_pad[b]:]
+
     # 1) prefill: the whole prompt in one forward; every layer fills its cache
-    caches = model.new_caches()
-    logits = _forward_last(model, out, caches, absorb)                          # (B, V)
+    logits, caches, cache_pad = _prefill(model, [history(b) for b in range(B)], absorb)   # (B, V)
     for step in range(max_new_tokens):
-        # 2) process the logits with the history so far and pick one token per row
+        # 2) process the logits with each row's history and pick one token per row
         temperature = config.temperature_at(step, max_new_tokens)
-        logits = process_logits(logits, out, config, temperature)
-        next_token = sample_token(logits, temperature, generator)               # (B, 1)
+        if any(hist_pad):                       # rows of different lengths: each row's own history
+            logits = torch.cat([process_logits(logits[b:b + 1], history(b)[None], config, temperature)
+                                for b in range(B)])
+        else:
+            logits = process_logits(logits, out, config, temperature)
+        if generators is None:
+            next_token = sample_token(logits, temperature, generator)           # (B, 1)
+        else:
+            next_token = torch.cat([sample_token(logits[b:b + 1], temperature, g) for b, g in enumerate(generators)])
         # 3) rows that already stopped repeat their stop token (padding)
         next_token = torch.where(finished, pad, next_token)                     # (B, 1)
         out = torch.cat((out, next_token), dim=1)                               # (B, S+1)
@@ -271,34 +348,68 @@ def stream_tokens(model, idx: torch.Tensor, max_new_tokens: int, config: Samplin
         yield next_token, caches
         if step == max_new_tokens - 1 or (stops.numel() and bool(finished.all())):   # (one host sync)
             return
-        # 4) decode step: feed only the new token; when the cache is full, slide the window
-        if caches[0].length >= context:
-            caches = model.new_caches()
-            logits = _forward_last(model, out[:, -max(1, context // 2):], caches, absorb)   # re-prefill
+        # 4) decode step: feed only the new token; a row whose cache is full slides its window to
+        #    the last half window (the other rows keep all their tokens: re-prefilled as they are)
+        cached = [caches[0].length - p for p in cache_pad]                     # tokens in each row's cache
+        if max(cached) >= context:
+            keep = max(1, context // 2)
+            rows = [history(b)[-keep:] if cached[b] >= context else history(b)[-(cached[b] + 1):]
+                    for b in range(B)]
+            logits, caches, cache_pad = _prefill(model, rows, absorb)           # re-prefill
         else:
             logits = _forward_last(model, next_token, caches, absorb)           # (B, V)
 
 
-def generate(model, idx: torch.Tensor, max_new_tokens: int, absorb: bool = True, return_caches: bool = False,
-             **sampling):
-    """Continue (B, T) prompts by max_new_tokens tokens with the KV cache -> (B, T + new) long.
+def generate(model, idx, max_new_tokens: int, absorb: bool = True, return_caches: bool = False,
+             attention_mask: torch.Tensor | None = None, **sampling):
+    """Continue prompts by max_new_tokens tokens with the KV cache.
 
-    `sampling` takes the fields of `SamplingConfig` by name (temperature=0.8, top_k=40, seed=1, ...).
+    idx (B, T) token ids -> (B, T + new) long. Or a list of prompts of different lengths (lists of
+    ids or 1-D tensors) -> a list of 1-D tensors, prompt b (cropped) followed by its new tokens up
+    to its first stop token: exactly what generating prompt b alone returns. (A (B, T) idx that is
+    already left-padded takes its `attention_mask` from `pad_prompts`.)
+    `sampling` takes the fields of `SamplingConfig` by name (temperature=0.8, top_k=40, seed=1, ...);
+    `seed` may also be a list of one seed per row (each row then samples as it would alone with its
+    seed; one int seeds one generator for the whole batch).
     Rows stop independently at a stop token (kept, then repeated as padding); the output is
     shorter than T + max_new_tokens only if every row stopped. A prompt longer than the context
     is cropped (with a warning), and then the output starts with the cropped prompt.
     With return_caches=True, returns (tokens, caches): the per-layer LayerCaches it used.
     """
+    as_list = isinstance(idx, (list, tuple))
+    if as_list:
+        if attention_mask is not None:
+            raise ValueError("pass a list of prompts OR a padded idx with its attention_mask, not both")
+        idx, attention_mask = pad_prompts(idx)
+    row_seeds = sampling.pop("seed", None)
+    if not isinstance(row_seeds, (list, tuple)):
+        sampling["seed"], row_seeds = row_seeds, None
     config = SamplingConfig(**sampling)
     prompt = check_prompt(model, idx)                                           # (B, T'), T' <= context
+    mask = attention_mask
+    if mask is not None:                                                        # cropped like the prompt
+        mask = torch.as_tensor(mask, device=prompt.device)[:, -prompt.shape[1]:]
     was_training = model.training
     model.eval()
     try:
         new_tokens, caches = [], []
-        for next_token, step_caches in stream_tokens(model, prompt, max_new_tokens, config, absorb):
+        for next_token, step_caches in stream_tokens(model, prompt, max_new_tokens, config, absorb,
+                                                     attention_mask=mask, row_seeds=row_seeds):
             new_tokens.append(next_token)                                       # (B, 1) each
             caches = step_caches                # the latest (a full window re-prefills new ones)
         out = torch.cat([prompt, *new_tokens], dim=1)                           # (B, T' + new)
     finally:
         model.train(was_training)
+    if as_list:
+        out = [_unpad(row, m, prompt.shape[1], config.stop_tokens) for row, m in zip(out, mask, strict=True)]
     return (out, caches) if return_caches else out
+
+
+def _unpad(row: torch.Tensor, mask: torch.Tensor, prompt_width: int, stop_tokens: tuple[int, ...]) -> torch.Tensor:
+    """One row of a left-padded output -> its prompt and new tokens, up to and including the first stop token."""
+    new = row[prompt_width:]
+    if stop_tokens:
+        hits = torch.isin(new, torch.tensor(stop_tokens, device=new.device)).nonzero()
+        if len(hits):
+            new = new[: int(hits[0]) + 1]
+    return torch.cat((row[:prompt_width][mask], new))

@@ -7,6 +7,13 @@ Each attention kind decides *what* it stores (that is the whole point of MLA):
 This class only stores. Sequence tensors grow along dim 1 into preallocated storage (doubling,
 so appending is amortised O(1)); state tensors are replaced whole.
 
+A batch of prompts of different lengths is LEFT-padded (components/generation.py): row b starts
+with pad[b] filler columns, so that every row's last token sits in the last column and one new
+token per row is one new column. The cache then also says, per row, which columns are padding:
+`positions` gives each new token its position within its own row (for RoPE), and `attention_mask`
+hides the padding from every query. Without padding (`pad` is None) both are None and attention
+takes its plain causal path.
+
 Shapes: B batch, T new tokens, S cached + new tokens.
 """
 
@@ -18,10 +25,37 @@ import torch
 class LayerCache:
     """Growing storage for one layer. `length` = tokens seen so far = position of the next token."""
 
-    def __init__(self) -> None:
+    def __init__(self, pad: torch.Tensor | None = None) -> None:
         self.length = 0
+        self.pad = pad                             # (B,) long: leading padding columns of each row, or None
         self._seq: dict[str, torch.Tensor] = {}    # name -> (B, capacity, ...) storage
         self._state: dict[str, torch.Tensor] = {}  # name -> fixed-size state
+
+    def positions(self, T: int) -> torch.Tensor | None:
+        """(B, T) position of each of T new tokens within its own row (the columns after `length`);
+        padding columns get 0 (their output is never used). None without padding: positions are
+        then length, length+1, ... for every row."""
+        if self.pad is None:
+            return None
+        columns = self.length + torch.arange(T, device=self.pad.device)                 # (T,)
+        return (columns[None, :] - self.pad[:, None]).clamp(min=0)                       # (B, T)
+
+    def attention_mask(self, T: int, S: int) -> torch.Tensor | None:
+        """(B, T, S) bool, True where query t may look at key s: causal, and never at a padding column.
+
+        A padding query has no real key to its left; it may see itself, so that its softmax is never
+        over an empty set (0/0 = NaN would spread through the next layer's padding columns). None
+        without padding.
+        """
+        if self.pad is None:
+            return None
+        device = self.pad.device
+        query_col = S - T + torch.arange(T, device=device)                               # (T,)
+        key_col = torch.arange(S, device=device)                                         # (S,)
+        causal = key_col[None, :] <= query_col[:, None]                                  # (T, S)
+        real_key = key_col[None, :] >= self.pad[:, None]                                 # (B, S)
+        own = key_col[None, :] == query_col[:, None]                                     # (T, S)
+        return (causal[None] & real_key[:, None, :]) | own[None]                         # (B, T, S)
 
     def append(self, **new: torch.Tensor) -> dict[str, torch.Tensor]:
         """Store the T new tokens of each named tensor (B, T, ...); return views (B, S, ...).

@@ -91,26 +91,28 @@ class MultiHeadLatentAttention(nn.Module):
         B, T, _ = x.shape
         H, D, R = self.n_heads, self.qk_nope_head_dim, self.rope_head_dim
         start = cache.length if cache is not None else 0
+        positions = cache.positions(T) if cache is not None else None     # (B, T) in a left-padded batch
         # 1) queries: nope part and RoPE part per head (eqs 12-14)
         if self.q_latent_dim is None:
             c_q, w_q_nope = x, self.w_q                                   # no compression: from h
         else:
             c_q, w_q_nope = self.q_norm(self.w_dq(x)), self.w_uq          # (B, T, Q)
         q_nope = w_q_nope(c_q).view(B, T, H, D)                           # (B, T, H, D)
-        q_rope = self.rope(self.w_qr(c_q).view(B, T, H, R), start)        # (B, T, H, R)
+        q_rope = self.rope(self.w_qr(c_q).view(B, T, H, R), start, positions)   # (B, T, H, R)
         # 2) what the cache keeps: the normalised latent and the rotated shared key (eqs 9, 15)
         c_kv = self.kv_norm(self.w_dkv(x))                                # (B, T, C)
-        k_rope = self.rope(self.w_kr(x), start)                           # (B, T, R)
+        k_rope = self.rope(self.w_kr(x), start, positions)                # (B, T, R)
         if cache is not None:
             held = cache.append(c_kv=c_kv, k_rope=k_rope)
             c_kv, k_rope = held["c_kv"], held["k_rope"]                   # (B, S, C), (B, S, R)
         # 3) attention over all S tokens, with either path
         attend = self._absorbed if absorb else self._naive
-        out = attend(q_nope, q_rope, c_kv, k_rope)                        # (B, T, H*V)
+        pad_mask = cache.attention_mask(T, c_kv.shape[1]) if cache is not None else None   # (B, T, S) or None
+        out = attend(q_nope, q_rope, c_kv, k_rope, pad_mask)              # (B, T, H*V)
         # 4) output projection (eq 19)
         return self.out_dropout(self.w_o(out))                            # (B, T, d)
 
-    def _naive(self, q_nope, q_rope, c_kv, k_rope) -> torch.Tensor:
+    def _naive(self, q_nope, q_rope, c_kv, k_rope, pad_mask=None) -> torch.Tensor:
         """Training view: decompress keys and values of all S tokens, then ordinary attention."""
         (B, T, H, _), S = q_nope.shape, c_kv.shape[1]
         k_nope = self.w_uk(c_kv).view(B, S, H, self.qk_nope_head_dim)     # (B, S, H, D)  eq 10
@@ -118,13 +120,14 @@ class MultiHeadLatentAttention(nn.Module):
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(B, S, H, self.rope_head_dim)], dim=-1)  # (B, S, H, D+R)
         q = torch.cat([q_nope, q_rope], dim=-1)                           # (B, T, H, D+R)
         # SDPA's fused kernels keep the softmax in fp32 even for bf16/fp16 inputs
+        mask = pad_mask[:, None] if pad_mask is not None else causal_mask(T, S, q.device) if S > T else None
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),        # (B, H, T|S, .)
-            attn_mask=causal_mask(T, S, q.device) if S > T else None, is_causal=S == T and T > 1,
+            attn_mask=mask, is_causal=mask is None and S == T and T > 1,
             dropout_p=self.dropout if self.training else 0.0, scale=self.scale)  # (B, H, T, V)
         return out.transpose(1, 2).reshape(B, T, H * self.v_head_dim)    # (B, T, H*V)
 
-    def _absorbed(self, q_nope, q_rope, c_kv, k_rope) -> torch.Tensor:
+    def _absorbed(self, q_nope, q_rope, c_kv, k_rope, pad_mask=None) -> torch.Tensor:
         """Inference view: W_UK folded into the query, W_UV applied after attending in latent space."""
         (B, T, H, D), S = q_nope.shape, c_kv.shape[1]
         w_uk = self.w_uk.weight.view(H, D, self.kv_latent_dim)           # (H, D, C)  a view, no copy
@@ -134,8 +137,9 @@ class MultiHeadLatentAttention(nn.Module):
         # b) scores against the cache itself: latent part + shared RoPE part (eq 18 exactly)
         scores = (torch.einsum("bthc,bsc->bths", q_absorbed, c_kv)
                   + torch.einsum("bthr,bsr->bths", q_rope, k_rope)) * self.scale  # (B, T, H, S)
-        mask = causal_mask(T, S, scores.device)                           # (T, S) or None
-        if mask is not None:
+        if pad_mask is not None:                                          # (B, T, S): causal, no padding
+            scores = scores.masked_fill(~pad_mask[:, :, None, :], float("-inf"))   # (B, T, H, S)
+        elif (mask := causal_mask(T, S, scores.device)) is not None:      # (T, S)
             scores = scores.masked_fill(~mask[:, None, :], float("-inf"))  # (B, T, H, S)
         # c) softmax in fp32 (a no-op cast when already fp32)
         probs = scores.softmax(dim=-1, dtype=torch.float32).type_as(c_kv)  # (B, T, H, S)

@@ -30,20 +30,21 @@ def rope_tables(rope_dim: int, max_positions: int, theta: float = 10000.0) -> tu
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent pairs of the last dim of x (..., T, ..., R) -- see `RotaryEmbedding`.
 
-    cos, sin: (T, P) already sliced to x's positions and broadcastable after reshaping; x is
-    (B, T, R) or (B, T, H, R).
+    cos, sin: (T, P) already sliced to x's positions, or (B, T, P) when each row has its own
+    positions (a left-padded batch); x is (B, T, R) or (B, T, H, R).
     """
     pairs = x.float().unflatten(-1, (-1, 2))                  # (..., P, 2)
     x_even, x_odd = pairs[..., 0], pairs[..., 1]              # (..., P)
     if x.dim() == 4:                                          # (B, T, H, R): broadcast over heads
-        cos, sin = cos[:, None, :], sin[:, None, :]           # (T, 1, P)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)       # ([B,] T, 1, P)
     rotated = torch.stack((x_even * cos - x_odd * sin,
                            x_even * sin + x_odd * cos), dim=-1)  # (..., P, 2)
     return rotated.flatten(-2).type_as(x)                     # (..., R)
 
 
 class RotaryEmbedding(nn.Module):
-    """Holds the precomputed tables; `forward(x, start)` rotates x at positions start..start+T-1."""
+    """Holds the precomputed tables; `forward(x, start)` rotates x at positions start..start+T-1, or at
+    `positions` (B, T), one row of positions per sequence (a left-padded batch, see kv_cache.py)."""
 
     def __init__(self, rope_dim: int, max_positions: int, theta: float = 10000.0) -> None:
         super().__init__()
@@ -52,7 +53,9 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int = 0, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is not None:                 # (B, T): the same table rows, gathered per sequence
+            return apply_rope(x, self.cos[positions], self.sin[positions])
         T = x.shape[1]
         if start + T > self.cos.shape[0]:
             raise ValueError(f"position {start + T} exceeds the RoPE table of {self.cos.shape[0]} positions; "
