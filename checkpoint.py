@@ -295,7 +295,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     tokenizer identity, trainer stats (e.g. `meta['trainer']['best_val_loss']`). `path` is a .pt
     checkpoint, a .safetensors file with its .json beside it, or a Hugging Face model directory.
     """
-    if Path(path).is_dir():                          # a Hugging Face directory (python -m checkpoint to-hf)
+    if (Path(path) / "config.json").is_file():       # a Hugging Face directory (python -m checkpoint to-hf)
         from hf_format import load_hf_dir
 
         model, meta = load_hf_dir(path, device=device)
