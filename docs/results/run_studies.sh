@@ -12,7 +12,7 @@ DATA=${DATA:-../shared/data/paul_graham_essays.csv}
 JOBS=${JOBS:-1}
 R=docs/results
 # Peak learning rate of every study, picked once by the sweep on the base model (study lr_sweep:
-# 1e-3 4.584, 2e-3 4.466, 4e-3 4.401, 8e-3 4.476 validation loss, seed 0, full budget).
+# 1e-3 4.579, 2e-3 4.464, 4e-3 4.411, 8e-3 4.482 validation loss, seed 0, full budget).
 LR=${LR:-0.004}
 # The study base: TINY widened to d_model 128, 3 layers (1 dense + 2 MoE), 8 routed experts of width
 # 128 + 1 shared, top-2, MLA with a 64-wide latent; the dense layer fixed at 384 (= the MoE's active
