@@ -27,7 +27,7 @@ from checkpoint import (
 )
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
-from hf_format import HFFormatError, check_exportable, main
+from hf_format import HFFormatError, check_exportable, load_hf_dir, main
 
 LOGITS = dict(atol=1e-4, rtol=0.0)
 VOCAB = 256
@@ -274,3 +274,24 @@ def test_from_hf_refuses_other_architectures_and_missing_weights_in_one_line(tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.layers.3." in err
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_from_hf_reads_unfused_experts_and_skips_mtp_layers_with_a_warning(tmp_path):
+    """Checkpoints on the Hub store one module per routed expert (`experts.e.gate_proj.weight`) and V3's
+    MTP module as a layer past num_hidden_layers; both load (the MTP layer is left out, with a warning)."""
+    from safetensors.torch import load_file, save_file
+
+    hf = random_hf_dir(3, IMPORTS["v3_qlatent_groups_ns1"][1], tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    for key in [k for k in weights if k.endswith("experts.gate_up_proj")]:
+        layer = key.removesuffix("gate_up_proj")
+        for e, (gate, up) in enumerate(t.chunk(2) for t in weights.pop(key)):
+            weights[f"{layer}{e}.gate_proj.weight"], weights[f"{layer}{e}.up_proj.weight"] = gate, up
+        for e, down in enumerate(weights.pop(layer + "down_proj")):
+            weights[f"{layer}{e}.down_proj.weight"] = down
+    weights["model.layers.3.eh_proj.weight"] = torch.zeros(64, 128)            # an MTP module's projection
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / "hf" / "model.safetensors")
+    with pytest.warns(UserWarning, match="multi-token-prediction layers are not loaded"):
+        ours, _ = load_hf_dir(tmp_path / "hf")
+    torch.manual_seed(1)
+    assert_same_logits(ours, hf, torch.randint(0, VOCAB, (2, 16)), "from-hf unfused experts")
