@@ -1,8 +1,16 @@
-"""Sample text from a trained checkpoint: one prompt, or an interactive prompt loop.
+"""Sample text from a trained checkpoint: prompts given on the command line, or an interactive prompt loop.
 
     python inference.py --model_path checkpoints/best_model.pt --prompt "The best way to learn programming is" \
         --max_new_tokens 100 --temperature 0.8 --top_k 40
+    python inference.py --prompt "Startups are" --prompt "The best essays" --seed 1   # one batch, two prompts
+    python inference.py --prompts-file prompts.txt     # one prompt per line, generated together as a batch
     python inference.py --model_path checkpoints/best_model.pt --interactive
+
+Several prompts are decoded together as one left-padded batch (components/generation.py); with
+--seed each prompt gets its own generator seeded the same, so each completion is the one that
+prompt gets alone. Beam search takes one prompt at a time: several prompts run one after another.
+In --interactive mode the prompt has line editing and history (readline, where Python has it);
+Ctrl-C stops a generation and keeps the session, Ctrl-C or Ctrl-D at the prompt ends it.
 
 A thin command line over `components.generation`: every flag takes underscores or hyphens
 (`--top_k` == `--top-k`), sampling values are validated by `SamplingConfig` before anything is
@@ -24,13 +32,14 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import torch
 
 from cli import CommandLine, field_types
 from components.beam_search import beam_search
-from components.generation import SamplingConfig, knob, stream_tokens
+from components.generation import SamplingConfig, knob, pad_prompts, stream_tokens
 from constants import EOT_TOKEN_ID
 from utils import ENDOFTEXT, get_tokenizer, pick_device
 
@@ -140,7 +149,11 @@ def build_parser() -> CommandLine:
     parser.add_argument("--model_path", "--checkpoint", dest="model_path", default=DEFAULT_MODEL_PATH,
                         help="best_model.pt, best_model.safetensors (with its .json beside it), or a Hugging Face "
                              "DeepseekV3/V2 directory (python -m checkpoint to-hf writes one)")
-    parser.add_argument("--prompt", default=None, help="text to continue (default: start from <|endoftext|>)")
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="text to continue (repeatable: the prompts are decoded together as one batch; "
+                             "default: start from <|endoftext|>)")
+    parser.add_argument("--prompts_file", metavar="PATH",
+                        help="a UTF-8 text file with one prompt per line (blank lines skipped), added to --prompt")
     parser.add_argument("--interactive", "-i", action="store_true", help="prompt loop on stdin; type :help")
     for name, (parse, default, help_text) in SETTINGS.items():
         parser.add_argument(f"--{name}", dest=name, type=flag_type(parse), default=default, help=help_text)
@@ -166,53 +179,132 @@ def cache_report(caches: list | None, model, absorb: bool) -> str:
             f"x {caches[0].length} tokens)")
 
 
-def complete(model, tokenizer, prompt: str, settings: dict, sample: int, device: torch.device) -> tuple[str, str]:
-    """Generate one completion of `prompt`; returns (prompt + completion, report line)."""
+def clean_text(text: str) -> str:
+    """Text that any UTF-8 stream can print: bytes that were not UTF-8 (a shell argument or a line
+    read as 'surrogateescape') become U+FFFD instead of failing at print() or in the tokenizer."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:                       # lone surrogates that no byte produced
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def encode_prompt(tokenizer, model, prompt: str) -> list[int]:
     ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT}) or [EOT_TOKEN_ID]
     if max(ids) >= model.cfg.vocab_size:
         raise ValueError(f"prompt token id {max(ids)} is outside the model's vocabulary ({model.cfg.vocab_size})")
-    idx = torch.tensor([ids], dtype=torch.long, device=device)                  # (1, T)
+    return ids
+
+
+def complete_batch(model, tokenizer, prompts: list[str], settings: dict, sample: int,
+                   device: torch.device) -> tuple[list[str], str, bool]:
+    """Generate one completion of each prompt, all in one batch -> (prompt + completion per prompt, report,
+    interrupted). Ctrl-C stops the generation: the text so far is returned, with interrupted=True."""
+    ids = [encode_prompt(tokenizer, model, prompt) for prompt in prompts]
     config = sampling_config(settings, sample)
-    stops = settings["stop"]
+    stops, B = settings["stop"], len(prompts)
+    # a batch: every row its own generator, seeded as that prompt alone would be (None: the global RNG)
+    row_seeds = [config.seed] * B if B > 1 and config.seed is not None else None
+    if row_seeds:
+        config = replace(config, seed=None)
+    idx, mask = pad_prompts(ids)
+    idx, mask = idx.to(device), (mask.to(device) if B > 1 else None)            # (B, T)
 
     def decode(new_ids: list[int]) -> str:
         return tokenizer.decode([t for t in new_ids if t < tokenizer.n_vocab and t != EOT_TOKEN_ID])
 
-    start, caches, new_ids = time.perf_counter(), None, []
+    start, caches, new_ids, interrupted = time.perf_counter(), None, [[] for _ in prompts], False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if settings["beams"] > 1:
-            out = beam_search(model, idx, settings["max_new_tokens"], num_beams=settings["beams"],
-                              length_penalty=settings["length_penalty"], stop_tokens=config.stop_tokens,
-                              absorb=settings["absorb"])
-            new_ids = out[0, min(len(ids), model.cfg.context_length):].tolist()
-        else:
-            stream = stream_tokens(model, idx, settings["max_new_tokens"], config, absorb=settings["absorb"])
-            with contextlib.closing(stream):
-                for next_token, step_caches in stream:
-                    caches = step_caches        # the caches in use (a full window re-prefills new ones)
-                    new_ids.append(next_token.item())
-                    if stops and any(stop in decode(new_ids) for stop in stops):
-                        break                                   # the text is cut at the stop below
+        try:
+            if settings["beams"] > 1:               # one prompt at a time (see the module docstring)
+                for b, row in enumerate(ids):
+                    out = beam_search(model, torch.tensor([row], device=device), settings["max_new_tokens"],
+                                      num_beams=settings["beams"], length_penalty=settings["length_penalty"],
+                                      stop_tokens=config.stop_tokens, absorb=settings["absorb"])
+                    new_ids[b] = out[0, min(len(row), model.cfg.context_length):].tolist()
+            else:
+                done = [False] * B
+                stream = stream_tokens(model, idx, settings["max_new_tokens"], config, absorb=settings["absorb"],
+                                       attention_mask=mask, row_seeds=row_seeds)
+                with contextlib.closing(stream):
+                    for next_token, step_caches in stream:
+                        caches = step_caches        # the caches in use (a full window re-prefills new ones)
+                        for b, token in enumerate(next_token[:, 0].tolist()):
+                            if not done[b]:
+                                new_ids[b].append(token)
+                                done[b] = token == EOT_TOKEN_ID or (
+                                    bool(stops) and any(stop in decode(new_ids[b]) for stop in stops))
+                        if all(done):
+                            break                   # the texts are cut at their stop strings below
+        except KeyboardInterrupt:
+            interrupted = True
     seconds = max(time.perf_counter() - start, 1e-9)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    text = decode(new_ids)
-    cuts = [text.index(stop) for stop in stops if stop in text]
-    if cuts:
-        text = text[:min(cuts)]
-    report = (f"[{len(new_ids)} tokens in {seconds:.2f} s, {len(new_ids) / seconds:.1f} tokens/s | "
-              f"{cache_report(caches, model, settings['absorb'])}]")
-    return prompt + text, report
+    texts = []
+    for prompt, row in zip(prompts, new_ids, strict=True):
+        text = decode(row)
+        cuts = [text.index(stop) for stop in stops if stop in text]
+        texts.append(prompt + (text[:min(cuts)] if cuts else text))
+    n_new = sum(len(row) for row in new_ids)
+    cache = cache_report(caches, model, settings["absorb"]) if caches or settings["beams"] > 1 else "KV cache: none yet"
+    report = (f"[{'interrupted (Ctrl-C) after ' if interrupted else ''}{n_new} tokens in {seconds:.2f} s, "
+              f"{n_new / seconds:.1f} tokens/s | {cache}]")
+    return texts, report, interrupted
 
 
-def run_prompt(model, tokenizer, prompt: str, settings: dict, device: torch.device) -> None:
+def complete(model, tokenizer, prompt: str, settings: dict, sample: int, device: torch.device) -> tuple[str, str]:
+    """Generate one completion of `prompt`; returns (prompt + completion, report line)."""
+    (text,), report, _ = complete_batch(model, tokenizer, [prompt], settings, sample, device)
+    return text, report
+
+
+def run_prompts(model, tokenizer, prompts: list[str], settings: dict, device: torch.device) -> bool:
+    """Print num_samples completions of every prompt; returns False if Ctrl-C stopped it."""
+    if settings["beams"] > 1 and len(prompts) > 1:
+        print(f"note: beam search takes one prompt at a time: the {len(prompts)} prompts run one after another",
+              file=sys.stderr)
     for sample in range(settings["num_samples"]):
         if settings["num_samples"] > 1:
             print(f"--- sample {sample + 1}/{settings['num_samples']} ---")
-        text, report = complete(model, tokenizer, prompt, settings, sample, device)
-        print(text)
+        texts, report, interrupted = complete_batch(model, tokenizer, prompts, settings, sample, device)
+        for i, text in enumerate(texts):
+            if len(texts) > 1:
+                print(f"--- prompt {i + 1}/{len(texts)} ---")
+            print(text)
         print(report, flush=True)
+        if interrupted:
+            return False
+    return True
+
+
+def run_prompt(model, tokenizer, prompt: str, settings: dict, device: torch.device) -> bool:
+    return run_prompts(model, tokenizer, [prompt], settings, device)
+
+
+def read_prompts(args) -> list[str] | None:
+    """--prompt (repeatable) and --prompts_file lines -> the prompts, cleaned; None if neither was given."""
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as err:
+            raise ValueError(f"--prompts_file {path}: {err.strerror or err}") from None
+        from_file = [line for line in lines if line.strip()]
+        if not from_file:
+            raise ValueError(f"--prompts_file {path}: no prompts in it (one prompt per line, blank lines skipped)")
+        prompts += from_file
+    return [clean_text(p) for p in prompts] if (args.prompt or args.prompts_file) else None
+
+
+def tolerant_stdio() -> None:
+    """Text that the terminal's encoding cannot carry is replaced ('?' or U+FFFD), never a traceback:
+    stdout/stderr on print, stdin on input() (e.g. Latin-1 bytes typed into a strict UTF-8 session)."""
+    for stream in (sys.stdout, sys.stderr, sys.stdin):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            stream.reconfigure(errors="replace")
 
 
 # --- interactive mode -----------------------------------------------------------------------------
@@ -250,12 +342,21 @@ def apply_command(line: str, settings: dict) -> tuple[dict, str | None]:
     return updated, f"{key} = {updated[key]!r}"
 
 
+def line_editing() -> None:
+    """Arrow keys, editing and history at the prompt: importing readline is what gives input() them."""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (not on every platform: then input() stays plain)
+
+
 def interactive(model, tokenizer, settings: dict, device: torch.device) -> None:
-    print("interactive mode: type a prompt, or :help for commands, :quit to leave", flush=True)
+    print("interactive mode: type a prompt, or :help for commands; Ctrl-C stops a generation; "
+          ":quit, Ctrl-D or Ctrl-C at the prompt leaves", flush=True)
+    line_editing()
     while True:
         try:
-            line = input(">>> ")
-        except EOFError:
+            line = clean_text(input(">>> "))
+        except (EOFError, KeyboardInterrupt):          # Ctrl-D or Ctrl-C at the prompt: a clean end
             print()
             return
         if not line.strip():
@@ -266,22 +367,37 @@ def interactive(model, tokenizer, settings: dict, device: torch.device) -> None:
             settings, message = apply_command(line, settings)
             print(message, flush=True)
             continue
-        run_prompt(model, tokenizer, line, settings, device)
+        try:
+            run_prompt(model, tokenizer, line, settings, device)
+        except KeyboardInterrupt:                      # Ctrl-C outside the token loop (tokenizing, printing)
+            print("\n[interrupted (Ctrl-C)]", flush=True)
+        except ValueError as err:                      # e.g. a token id the model's vocabulary lacks
+            print(f"error: {err}", flush=True)
 
 
 # --- main -------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     # 1) parse and validate everything before touching the checkpoint (exit code 2 on bad input)
+    tolerant_stdio()
     parser = build_parser()
     args = parser.parse_args(argv)
-    stops = [unescape(stop) for stop in args.stop]
+    stops = [clean_text(unescape(stop)) for stop in args.stop]
     settings = {name: getattr(args, name) for name in SETTINGS} | {"stop": stops, "absorb": args.absorb}
     try:
         sampling_config(settings)
         device = pick_device(args.device)
+        prompts = read_prompts(args)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        return _load_and_run(args, settings, prompts, device)
+    except KeyboardInterrupt:                           # Ctrl-C while loading, or outside interactive mode
+        print("\ninference.py: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load_and_run(args, settings: dict, prompts: list[str] | None, device: torch.device) -> int:
     # 2) load the model (exit code 1 with the loader's one-line message)
     from checkpoint import load_model
 
@@ -295,9 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"loaded {args.model_path}: {model.cfg.attention} attention, {n_params / 1e6:.2f}M parameters, "
           f"context {model.cfg.context_length}, device {device}", flush=True)
-    # 3) one prompt, then (optionally) the interactive loop
-    if args.prompt is not None or not args.interactive:
-        run_prompt(model, tokenizer, args.prompt or "", settings, device)
+    # 3) the prompts (one batch), then (optionally) the interactive loop
+    if prompts is not None or not args.interactive:
+        try:
+            if not run_prompts(model, tokenizer, prompts or [""], settings, device) and not args.interactive:
+                return 130                               # Ctrl-C: what was generated is printed above
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if args.interactive:
         interactive(model, tokenizer, settings, device)
     return 0

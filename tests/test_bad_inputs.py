@@ -372,3 +372,132 @@ def test_ablation_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys
     expected = f"is below {target}, which is a file" if below else "is a file, not a folder"
     assert f"--out {out} {expected}" in line
     assert target.read_text() == "not a folder"
+
+
+# --- inference.py: Ctrl-C, line editing, text the terminal cannot print ---------------------------------
+
+INFER_CFG = dataclasses.replace(TINY, n_layers=1, context_length=32, d_model=32, kv_latent_dim=8,
+                                expert_hidden_dim=32)
+
+
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory):
+    """A tiny random model with the GPT-2 vocabulary, saved as the trainer saves it."""
+    from checkpoint import atomic_save, make_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
+    atomic_save(make_checkpoint(DeepSeekModel(INFER_CFG), step=0, kind="best"), path)
+    return path
+
+
+def interactive_session(monkeypatch, lines: list, stream=None) -> list[str]:
+    """Run inference.interactive on `lines` (an exception instance is raised by input() instead);
+    returns the lines still unread."""
+    from utils import get_tokenizer
+
+    queue = list(lines)
+
+    def fake_input(prompt=""):
+        item = queue.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    if stream is not None:
+        monkeypatch.setattr(inference, "stream_tokens", stream)
+    settings = {name: default for name, (_, default, _) in inference.SETTINGS.items()} | {"stop": [], "absorb": True}
+    torch.manual_seed(0)
+    inference.interactive(DeepSeekModel(INFER_CFG).eval(), get_tokenizer(), settings | {"max_new_tokens": 5},
+                          torch.device("cpu"))
+    return queue
+
+
+def test_ctrl_c_during_generation_stops_it_and_keeps_the_session(monkeypatch, capsys):
+    def interrupted_stream(model, idx, *args, **kwargs):
+        yield torch.tensor([[383]]), []                  # ' The'
+        yield torch.tensor([[1266]]), []                 # ' best'
+        raise KeyboardInterrupt
+
+    left = interactive_session(monkeypatch, ["Hello", ":show", ":quit", "never read"], interrupted_stream)
+    out = capsys.readouterr().out
+    assert "Hello The best\n[interrupted (Ctrl-C) after 2 tokens in" in out      # the text so far is kept
+    assert "max_new_tokens=5" in out and left == ["never read"]                # ... and the session went on
+
+
+@pytest.mark.parametrize("end", [KeyboardInterrupt(), EOFError()])
+def test_ctrl_c_or_ctrl_d_at_the_prompt_ends_the_session_cleanly(monkeypatch, capsys, end):
+    assert interactive_session(monkeypatch, [":show", end, "never read"]) == ["never read"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_prompt_has_line_editing_where_readline_exists(monkeypatch):
+    import importlib.util
+    import sys
+
+    assert importlib.util.find_spec("readline") is not None, "this test needs a Python with readline"
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    inference.line_editing()
+    assert "readline" in sys.modules                       # input() now edits lines and keeps a history
+
+
+def test_real_sigint_during_generation_keeps_the_session(gpt2_checkpoint):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "inference.py", "--model_path", str(gpt2_checkpoint), "--interactive",
+                             "--max_new_tokens", "100000000"], cwd=Path(__file__).resolve().parents[1],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline().startswith("loaded ")
+        assert proc.stdout.readline().startswith("interactive mode")
+        proc.stdin.write("Hello\n")
+        proc.stdin.flush()
+        time.sleep(1.5)                                    # generating (it would take hours to finish)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(":quit\n", timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "interrupted (Ctrl-C)" in out
+
+
+@pytest.mark.parametrize("where", ["argv", "stdin"])
+def test_text_that_is_not_utf8_prints_under_a_strict_utf8_terminal(gpt2_checkpoint, where):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = os.environ | {"PYTHONIOENCODING": "utf-8:strict", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "inference.py", "--model_path", str(gpt2_checkpoint), "--max_new_tokens", "3"]
+    if where == "argv":                                     # the shell passed Latin-1 bytes: caf\xe9
+        command += ["--prompt", os.fsdecode(b"caf\xe9 au lait")]
+        stdin = None
+    else:
+        command += ["--interactive"]
+        stdin = b"caf\xe9 au lait\n:quit\n"
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], input=stdin, capture_output=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode(errors="replace")
+    assert "caf\ufffd au lait" in result.stdout.decode("utf-8")     # the bad byte shown as U+FFFD
+
+
+def test_a_missing_prompts_file_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("checkpoint.load_model", lambda *a, **k: pytest.fail("loaded despite a bad flag"))
+    for path, message in [(tmp_path / "none.txt", "No such file"), (tmp_path, "Is a directory")]:
+        with pytest.raises(SystemExit) as exit_info:
+            inference.main(["--prompts-file", str(path)])
+        assert exit_info.value.code == 2
+        assert message in one_error_line(capsys.readouterr().err, "inference.py: error: --prompts_file ")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(SystemExit):
+        inference.main(["--prompts-file", str(tmp_path / "blank.txt")])
+    assert "no prompts in it" in one_error_line(capsys.readouterr().err, "inference.py: error: ")

@@ -125,3 +125,55 @@ def test_bad_batches_are_one_line_errors():
     with pytest.raises(ValueError, match="beam search takes one prompt at a time"):
         beam_search(model, idx, 2)
     assert beam_search(model, prompts()[1][None], 3).shape == (1, LENGTHS[1] + 3)     # one prompt still works
+
+
+# --- inference.py: several prompts, from flags and from a file ------------------------------------------
+
+@pytest.fixture(scope="module")
+def gpt2_checkpoint(tmp_path_factory):
+    from dataclasses import replace
+
+    from checkpoint import atomic_save, make_checkpoint
+    from constants import TINY
+
+    torch.manual_seed(0)
+    cfg = replace(TINY, n_layers=1, context_length=32, d_model=32, kv_latent_dim=8, expert_hidden_dim=32)
+    path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
+    atomic_save(make_checkpoint(DeepSeekModel(cfg), step=0, kind="best"), path)
+    return path
+
+
+def sections(out: str) -> list[str]:
+    """The completions printed between the '--- prompt i/n ---' headers (and the report line)."""
+    body = [line for line in out.splitlines()[1:] if not line.startswith("[")]         # not 'loaded ...', report
+    if not any(line.startswith("--- prompt ") for line in body):
+        return ["\n".join(body)]                                                       # one prompt: no headers
+    texts = []
+    for line in body:
+        if line.startswith("--- prompt "):
+            texts.append([])
+        else:
+            texts[-1].append(line)
+    return ["\n".join(t) for t in texts]
+
+
+@pytest.mark.parametrize("extra", [["--temperature", "0.9", "--seed", "5", "--repetition_penalty", "1.2"],
+                                   ["--temperature", "0"], ["--beams", "2"]])
+def test_inference_takes_several_prompts_each_as_alone(gpt2_checkpoint, tmp_path, capsys, extra):
+    import inference
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("The best way to learn programming is\n\nA startup\n")
+    common = ["--model_path", str(gpt2_checkpoint), "--max_new_tokens", "8", *extra]
+    assert inference.main([*common, "--prompt", "Hello", "--prompt", "Essays are", "--prompts-file",
+                           str(prompts_file)]) == 0
+    captured = capsys.readouterr()
+    together = sections(captured.out)
+    assert len(together) == 4 and "--- prompt 4/4 ---" in captured.out
+    assert ("beam search takes one prompt at a time: the 4 prompts run one after another" in captured.err) == \
+        ("--beams" in extra)
+    for prompt, text in zip(["Hello", "Essays are", "The best way to learn programming is", "A startup"], together,
+                            strict=True):
+        assert inference.main([*common, "--prompt", prompt]) == 0
+        assert sections(capsys.readouterr().out) == [text]
+        assert text.startswith(prompt)
