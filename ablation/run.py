@@ -419,7 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     if args.report and shard is None:
         from ablation.report import write_report
-        write_report([out], out)
+        from data.sources import display_path
+
+        report = write_report([out], out)
+        print(f"report and plots: {display_path(report)} (and the PNGs beside it)")
     return 0
 
 

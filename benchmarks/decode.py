@@ -15,7 +15,6 @@ decoding in tokens/s.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from cli import CommandLine
 from components.attention import CausalSelfAttention
 from components.kv_cache import LayerCache
 from components.multi_head_latent_attention import MultiHeadLatentAttention
@@ -104,7 +104,7 @@ def bench_model(quick: bool) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandLine(prog="python -m benchmarks.decode", description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="fewer contexts and repeats (a smoke run)")
     args = parser.parse_args()

@@ -16,13 +16,13 @@ machine slows all alike; the median over rounds is reported, and the median of t
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
 
 import torch
 
+from cli import CommandLine
 from components.expert import Expert
 from components.moe import MoE
 from hf_format import moe_to_hf
@@ -66,7 +66,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CommandLine(prog="python -m benchmarks.moe", description=__doc__.split("\n")[0])
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)

@@ -7,16 +7,16 @@ A bad input prints one line and exits with code 2 (no traceback), like an argpar
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
+from cli import CommandLine
 from constants import DATA_CACHE_DIR, DATA_ENV_VAR, SEED, VAL_FRACTION
 from data.prepare import prepare_data
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data", description=__doc__.splitlines()[0])
+    parser = CommandLine(prog="python -m data", description=__doc__.splitlines()[0])
     parser.add_argument("--data", metavar="PATH", help=f"essays file or folder (default: ${DATA_ENV_VAR}, "
                         "then the local Hub copy, the Hub, the bundled sample)")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
