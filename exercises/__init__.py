@@ -1,44 +1,201 @@
-"""Checkers for the chapter exercises: `check_exercise("3.2", my_function)`.
+"""Exercises of the chapters: `check_exercise("3.2", my_function)`, `chapter_score(3)`, and the grader.
 
-Each chapter module (`exercises/chNN.py`) maps exercise ids to a check that calls the student's
-function on hidden cases and raises AssertionError with a hint when an answer is wrong. The
-checker never raises itself, so a notebook with unfinished exercises still runs top to bottom
-(CI executes every notebook): it prints and returns one of PASS / FAIL / NOT ATTEMPTED.
+Each chapter module (`exercises/chNN.py`) lists its exercises in `EXERCISES`: the name of the function
+(or, for a written answer, the string variable) the notebook defines, the points, the check (hidden
+cases that raise AssertionError with a hint on a wrong answer) and the library functions the exercise
+asks the student to write, which are switched off while the answer runs (exercises/guard.py).
+
+`check_exercise` never raises for a student's mistake, so a notebook with unfinished exercises still
+runs top to bottom (CI executes every notebook): it prints one line and returns the verdict, PASS /
+FAIL / NOT ATTEMPTED, or ANSWERED for a written answer (read by a person, never scored here). It also
+records the verdict, which `chapter_score(N)` sums up at the end of a chapter. `python -m exercises`
+grades submitted notebooks and writes the student release (exercises/grade.py, exercises/release.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 
-PASS, FAIL, NOT_ATTEMPTED = "PASS", "FAIL", "NOT ATTEMPTED"
+from exercises.guard import Delegated, forbidding
+
+PASS, FAIL, NOT_ATTEMPTED, ANSWERED = "PASS", "FAIL", "NOT ATTEMPTED", "ANSWERED"
+NOT_CHECKED = "NOT CHECKED"
+CHAPTERS = tuple(range(1, 9))
+STUB_HINT = "fill in the function body (it still raises NotImplementedError)"
+WRITTEN_STUB_HINT = "write your answer between the quotes"
 
 
-def _find_check(exercise_id: str) -> Callable:
-    chapter = exercise_id.split(".")[0]
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise. `check` is None for a written answer (a person reads it)."""
+
+    id: str
+    name: str                         # the function (or answer variable) the notebook defines
+    points: int
+    check: Callable | None = None
+    forbidden: tuple = ()             # library callables the answer must not use (it is asked to write them)
+    why: str = ""                     # what to do instead, appended to the delegation hint
+
+    @property
+    def written(self) -> bool:
+        return self.check is None
+
+    def delegation_hint(self, called: list[str]) -> str:
+        names = " and ".join(f"`{name}`" for name in called)
+        return (f"your answer calls the library's {names}, which is what this exercise asks you to write "
+                f"(the checker switches it off); {self.why or 'write it yourself'}")
+
+
+@dataclass(frozen=True)
+class Result:
+    exercise: str
+    status: str
+    points: int                       # earned; 0 for a written answer (a person scores it)
+    max_points: int
+    detail: str = ""                  # the hint (FAIL, NOT ATTEMPTED) or the text of a written answer
+    written: bool = False
+
+
+class Status(str):
+    """A verdict ('PASS', ...): compares as a string; a notebook does not echo it under the printed line."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def fingerprint(values, decimals: int = 4) -> str:
+    """A short hash of a tensor's shape and values rounded to `decimals`: lets a checker hold the expected
+    output of a hand-made case without holding the answer (exercises/ch04.py)."""
+    import torch
+
+    values = torch.as_tensor(values, dtype=torch.float64)
+    rounded = [round(float(v), decimals) + 0.0 for v in values.flatten()]     # + 0.0: -0.0 becomes 0.0
+    return hashlib.sha256(json.dumps([list(values.shape), rounded]).encode()).hexdigest()[:16]
+
+
+# What check_exercise saw in this Python process (a notebook's kernel): the chapter's score and the grader read it.
+_RESULTS: dict[str, Result] = {}
+_SUBMITTED: dict[str, object] = {}
+
+
+def chapter_exercises(chapter: int) -> dict[str, Exercise]:
     try:
         module = importlib.import_module(f"exercises.ch{int(chapter):02d}")
     except (ImportError, ValueError) as err:
         raise KeyError(f"no exercises for chapter {chapter!r}") from err
-    if exercise_id not in module.CHECKS:
-        raise KeyError(f"unknown exercise {exercise_id!r}; chapter {chapter} has {sorted(module.CHECKS)}")
-    return module.CHECKS[exercise_id]
+    return module.EXERCISES
 
 
-def check_exercise(exercise_id: str, student_fn: Callable, verbose: bool = True) -> str:
-    """Run the hidden cases of one exercise against `student_fn`; print and return the verdict."""
-    check = _find_check(exercise_id)
+def find(exercise_id: str) -> Exercise:
+    chapter = str(exercise_id).split(".")[0]
+    exercises = chapter_exercises(chapter)
+    if exercise_id not in exercises:
+        raise KeyError(f"unknown exercise {exercise_id!r}; chapter {chapter} has {sorted(exercises)}")
+    return exercises[exercise_id]
+
+
+def _check_written(exercise: Exercise, answer) -> Result:
+    if not isinstance(answer, str):
+        return Result(exercise.id, FAIL, 0, exercise.points,
+                      f"assign your answer to {exercise.name} as a string, got {type(answer).__name__}", True)
+    if not answer.strip():
+        return Result(exercise.id, NOT_ATTEMPTED, 0, exercise.points, WRITTEN_STUB_HINT, True)
+    return Result(exercise.id, ANSWERED, 0, exercise.points, answer.strip(), True)
+
+
+def run_check(exercise: Exercise, answer) -> Result:
+    """The verdict on one answer; never raises for a mistake in the answer."""
+    if exercise.written:
+        return _check_written(exercise, answer)
+    if not callable(answer):
+        return Result(exercise.id, FAIL, 0, exercise.points,
+                      f"pass your function {exercise.name}, got {type(answer).__name__}")
     try:
-        check(student_fn)
-        status, detail = PASS, ""
+        student = forbidding(answer, exercise.forbidden, exercise.delegation_hint) if exercise.forbidden \
+            else answer
+        exercise.check(student)
+        return Result(exercise.id, PASS, exercise.points, exercise.points)
     except NotImplementedError:
-        status, detail = NOT_ATTEMPTED, "fill in the function body (it still raises NotImplementedError)"
+        return Result(exercise.id, NOT_ATTEMPTED, 0, exercise.points, STUB_HINT)
+    except Delegated as err:
+        return Result(exercise.id, FAIL, 0, exercise.points, str(err))
     except AssertionError as err:
-        status, detail = FAIL, str(err) or "an answer did not match"
+        return Result(exercise.id, FAIL, 0, exercise.points, str(err) or "an answer did not match")
     except Exception as err:  # a crash in student code is a FAIL with its last line, never an exception here
         last = traceback.format_exception_only(type(err), err)[-1].strip()
-        status, detail = FAIL, f"your function raised {last}"
+        return Result(exercise.id, FAIL, 0, exercise.points, f"your function raised {last}")
+
+
+def verdict_line(result: Result) -> str:
+    if result.written:
+        line = f"Exercise {result.exercise}: {result.status} (written, {result.max_points} points"
+        if result.status == ANSWERED:
+            return line + f": your teacher reads it; {len(result.detail.split())} words)"
+        return line + f") - {result.detail}"
+    line = f"Exercise {result.exercise}: {result.status} ({result.points}/{result.max_points} points)"
+    return line + (f" - {result.detail}" if result.detail else "")
+
+
+def check_exercise(exercise_id: str, answer, verbose: bool = True) -> Status:
+    """Check `answer` (a function, or the text of a written answer); print and return the verdict."""
+    exercise = find(exercise_id)
+    result = run_check(exercise, answer)
+    _RESULTS[exercise_id], _SUBMITTED[exercise_id] = result, answer
     if verbose:
-        print(f"Exercise {exercise_id}: {status}" + (f" - {detail}" if detail else ""))
-    return status
+        print(verdict_line(result))
+    return Status(result.status)
+
+
+@dataclass(frozen=True)
+class Score:
+    chapter: int
+    points: int                       # earned on the automatically checked exercises
+    max_points: int
+    written_points: int               # what the written answers are worth (a person scores them)
+
+    def _ipython_display_(self) -> None:     # printed by chapter_score already
+        pass
+
+
+def chapter_score(chapter: int) -> Score:
+    """Print the chapter's score from the checks run in this notebook (this kernel) so far."""
+    exercises = chapter_exercises(chapter)
+    auto = [e for e in exercises.values() if not e.written]
+    written = [e for e in exercises.values() if e.written]
+    results = {eid: _RESULTS.get(eid) for eid in exercises}
+    earned = sum(r.points for r in results.values() if r is not None)
+    score = Score(chapter, earned, sum(e.points for e in auto), sum(e.points for e in written))
+    print(f"Chapter {chapter}: {score.points} of {score.max_points} points"
+          + (f" (+ {score.written_points} for the written answer, read by your teacher)" if written else ""))
+    for eid, exercise in exercises.items():
+        result = results[eid]
+        status = result.status if result is not None else NOT_CHECKED
+        if exercise.written:
+            column = f"written, {exercise.points} points"
+        else:
+            column = f"{result.points if result is not None else 0}/{exercise.points}"
+        note = " - run its check cell" if result is None else ""
+        print(f"  {eid:<5} {status:<14} {column}{note}")
+    return score
+
+
+def _report_for_grader(exercise_id: str, marker: str) -> None:
+    """Run by the grader (exercises/grade.py) in the submitted notebook's kernel, after the notebook ran:
+    check what the student last passed to check_exercise (or else the notebook's variable of the
+    exercise's name) and print the result as one JSON line after `marker`."""
+    import __main__
+
+    exercise = find(exercise_id)
+    answer = _SUBMITTED.get(exercise_id, vars(__main__).get(exercise.name, _SUBMITTED))
+    if answer is _SUBMITTED:
+        result = Result(exercise_id, FAIL, 0, exercise.points,
+                        f"{exercise.name} is not defined: its cell did not run, or raised an error",
+                        exercise.written)
+    else:
+        result = run_check(exercise, answer)
+    print(marker + json.dumps(result.__dict__), flush=True)

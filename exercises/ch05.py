@@ -2,19 +2,23 @@
 
 5.1 `expert_balance_loss(tokens_per_expert, probs, top_k)`: the V2 expert-level loss sum_i f_i P_i,
     with its gradient flowing through P only.
-5.2 `lfb_bias_update(bias, tokens_per_expert, gamma)`: one Loss-Free Balancing step (sign rule).
+5.2 `lfb_simulation(logits, top_k, gamma, n_steps)`: Loss-Free Balancing run for n_steps on a router
+    whose scores do not change: select by score + bias, count, move the bias by the sign rule, repeat.
 5.3 `max_violation(tokens_per_expert)`: MaxVio = (max_i c_i - mean c) / mean c over the last dim.
+5.4 written: the auxiliary loss against the aux-loss-free bias.
 
-References: `Router` (its 'expert' loss and `update_bias`) and the Trainer's `load_stats`; each
-check raises AssertionError with a hint that names the likely mistake.
+References: `Router` (its 'expert' loss, its selection and `update_bias`) and the Trainer's
+`load_stats`; each check raises AssertionError with a hint that names the likely mistake. The library
+functions an exercise asks for are switched off while the answer runs (exercises/guard.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from components.router import Router
-from trainer import load_stats
+from components.router import Router, balance_f_times_p
+from exercises import Exercise
+from trainer import load_stats, load_summary
 
 
 def _identity_router(n_experts: int, top_k: int, score: str, **kwargs) -> Router:
@@ -53,7 +57,8 @@ def check_5_1(student_fn) -> None:
     # hand case: uniform probabilities and perfectly even counts -> exactly 1
     counts, probs = torch.tensor([3, 3, 3, 3]), torch.full((6, 4), 0.25)
     got = _scalar(student_fn(counts.clone(), probs.clone(), 2), "expert_balance_loss")
-    _compare_5_1(got, torch.tensor(1.0), 6, 4, 2, "uniform routing (N=6, E=4, K=2, c_i = 3, P_i = 1/4)")
+    _compare_5_1(got, balance_f_times_p(counts, probs, 2), 6, 4, 2, "uniform routing (N=6, E=4, K=2, c_i = 3, "
+                 "P_i = 1/4)")
 
     gen = torch.Generator().manual_seed(51)
     for n_tokens, n_experts, top_k, score, scale in [(16, 4, 2, "softmax", 1.0), (40, 8, 2, "sigmoid", 2.0),
@@ -80,44 +85,72 @@ def check_5_1(student_fn) -> None:
 
 
 # --- 5.2 ------------------------------------------------------------------------------------
-def _reference_update(bias: torch.Tensor, counts: torch.Tensor, gamma: float) -> torch.Tensor:
-    router = Router(4, len(bias), 1, use_bias=True, bias_update_rate=gamma)
-    router.bias.copy_(bias)
-    router.update_bias(counts)
-    return router.bias.clone()
+def _reference_simulation(logits: torch.Tensor, top_k: int, gamma: float, n_steps: int):
+    """The library's router (identity gate: its logits are `logits`) and its own bias update, n_steps times."""
+    n_experts = logits.shape[1]
+    router = _identity_router(n_experts, top_k, "sigmoid", use_bias=True, bias_update_rate=gamma)
+    counts = []
+    with torch.no_grad():
+        for _ in range(n_steps):
+            out = router(logits)
+            counts.append(out.tokens_per_expert)
+            router.update_bias(out.tokens_per_expert)
+    return router.bias.clone(), torch.stack(counts)                    # (E,), (n_steps, E)
+
+
+def _as_simulation(result, n_steps: int, n_experts: int):
+    assert isinstance(result, (tuple, list)) and len(result) == 2, \
+        f"lfb_simulation must return the pair (bias, counts), got {type(result).__name__}"
+    bias, counts = result
+    assert torch.is_tensor(bias) and tuple(bias.shape) == (n_experts,), \
+        f"the final bias should be an (E,) = ({n_experts},) tensor, got {tuple(getattr(bias, 'shape', ()))}"
+    assert torch.is_tensor(counts) and tuple(counts.shape) == (n_steps, n_experts), \
+        f"counts should be (n_steps, E) = {(n_steps, n_experts)}: each step's selections per expert, got " \
+        f"{tuple(getattr(counts, 'shape', ()))}"
+    return bias.detach().float(), counts.detach().long()
 
 
 def check_5_2(student_fn) -> None:
     gen = torch.Generator().manual_seed(52)
-    cases = [
-        (torch.zeros(4), torch.tensor([6, 4, 2, 4]), 0.01),            # hand case: mean 4, two experts at the mean
-        (torch.tensor([0.1, -0.2, 0.0, 0.3]), torch.tensor([5, 5, 5, 5]), 0.001),   # balanced: nothing moves
-        (torch.randn(8, generator=gen) * 0.1, torch.randint(0, 60, (8,), generator=gen), 0.003),
-        (torch.randn(16, generator=gen) * 0.1, torch.randint(0, 200, (16,), generator=gen), 0.05),
-    ]
-    for bias, counts, gamma in cases:
-        want = _reference_update(bias, counts, gamma)
-        got = student_fn(bias.clone(), counts.clone(), gamma)
-        assert torch.is_tensor(got) and got.shape == bias.shape, \
-            f"lfb_bias_update must return the new bias, a tensor of shape {tuple(bias.shape)}"
-        got = got.detach().float()
-        if torch.allclose(got, want, atol=1e-7):
-            continue
-        case = f"counts {counts.tolist()}, gamma={gamma}"
-        load = counts.float()
-        if torch.allclose(got, bias - gamma * torch.sign(load.mean() - load), atol=1e-7):
-            raise AssertionError(f"{case}: wrong sign -- an OVERLOADED expert (c_i > mean) must go DOWN, so that "
-                                 "it is picked less: b_i += gamma * sign(mean(c) - c_i)")
-        if torch.allclose(got, bias + gamma * (load.mean() - load), atol=1e-6):
-            raise AssertionError(f"{case}: the step is gamma * SIGN(mean(c) - c_i), not proportional to the "
-                                 "imbalance (LFB found the sign rule best; every expert moves by exactly gamma)")
-        if torch.allclose(got, gamma * torch.sign(load.mean() - load), atol=1e-7):
-            raise AssertionError(f"{case}: return the UPDATED bias, b + gamma * sign(...), not just the step")
-        ties = load == load.mean()
-        if ties.any() and torch.allclose(got[~ties], want[~ties], atol=1e-7):
-            raise AssertionError(f"{case}: an expert exactly at the mean must keep its bias (sign(0) = 0)")
-        raise AssertionError(f"{case}: expected {[round(v, 4) for v in want.tolist()]}, "
-                             f"got {[round(v, 4) for v in got.tolist()]}")
+    # one step first: the counts are the router's, and the update is the sign rule
+    logits = torch.randn(24, 6, generator=gen)
+    logits[:, 0] += 2.0                                                 # expert 0 overloaded
+    want_bias, want_counts = _reference_simulation(logits, 2, 0.01, 1)
+    bias, counts = _as_simulation(student_fn(logits.clone(), 2, 0.01, 1), 1, 6)
+    where = "one step, N=24 tokens, E=6, K=2, gamma=0.01"
+    if not torch.equal(counts, want_counts):
+        raise AssertionError(f"{where}: counts {counts[0].tolist()}, expected {want_counts[0].tolist()}: each token "
+                             "selects its top-K experts by sigmoid(logits) + bias (the bias is 0 at the start); "
+                             "c_i = how many tokens selected expert i")
+    load = want_counts[0].float()
+    if torch.allclose(bias, -want_bias, atol=1e-7) and want_bias.abs().sum() > 0:
+        raise AssertionError(f"{where}: wrong sign -- an OVERLOADED expert (c_i > mean) must go DOWN, so that it is "
+                             "picked less: b_i += gamma * sign(mean(c) - c_i)")
+    if torch.allclose(bias, 0.01 * (load.mean() - load), atol=1e-6):
+        raise AssertionError(f"{where}: the step is gamma * SIGN(mean(c) - c_i), not proportional to the imbalance "
+                             "(LFB found the sign rule best; every expert moves by exactly gamma or 0)")
+    if not torch.allclose(bias, want_bias, atol=1e-6):
+        raise AssertionError(f"{where}: after one step the bias should be {[round(v, 4) for v in want_bias.tolist()]}, "
+                             f"got {[round(v, 4) for v in bias.tolist()]}: b_i += gamma * sign(mean(c) - c_i)")
+    # then many steps: the bias must feed back into the next step's selection
+    for n_tokens, n_experts, top_k, gamma, n_steps, skew in [(32, 8, 2, 0.02, 40, 1.5), (16, 4, 1, 0.05, 25, 1.0),
+                                                             (64, 16, 4, 0.005, 12, 2.0)]:
+        logits = torch.randn(n_tokens, n_experts, generator=gen)
+        logits[:, :2] += skew                                           # two crowded experts
+        want_bias, want_counts = _reference_simulation(logits, top_k, gamma, n_steps)
+        bias, counts = _as_simulation(student_fn(logits.clone(), top_k, gamma, n_steps), n_steps, n_experts)
+        where = f"N={n_tokens}, E={n_experts}, K={top_k}, gamma={gamma}, {n_steps} steps"
+        if not torch.equal(counts, want_counts):
+            step = int((counts != want_counts).any(-1).nonzero()[0])
+            if step > 0 and all(torch.equal(counts[s], counts[0]) for s in range(n_steps)):
+                raise AssertionError(f"{where}: the counts never change: the bias must feed back -- each step "
+                                     "selects by sigmoid(logits) + the bias as updated by the previous steps")
+            raise AssertionError(f"{where}: the counts first differ at step {step}: expected "
+                                 f"{want_counts[step].tolist()}, got {counts[step].tolist()} (select by "
+                                 "sigmoid(logits) + bias, count, then update the bias once per step)")
+        if not torch.allclose(bias, want_bias, atol=1e-5):
+            raise AssertionError(f"{where}: the counts are right but the final bias is not: return the bias after "
+                                 f"all {n_steps} updates; expected {[round(v, 4) for v in want_bias.tolist()]}")
 
 
 # --- 5.3 ------------------------------------------------------------------------------------
@@ -127,8 +160,8 @@ def _max_vio_rows(counts: torch.Tensor) -> torch.Tensor:
 
 
 def check_5_3(student_fn) -> None:
-    hand = [([6, 4, 2, 4], 0.5), ([8, 0, 0, 0], 3.0), ([3, 3, 3], 0.0), ([1, 2, 3, 4, 5], 2 / 3)]
-    for counts, want in hand:
+    for counts in ([6, 4, 2, 4], [8, 0, 0, 0], [3, 3, 3], [1, 2, 3, 4, 5]):
+        want = load_stats(torch.tensor(counts))["max_ratio"] - 1.0
         got = torch.as_tensor(student_fn(torch.tensor(counts)), dtype=torch.float64)
         assert got.numel() == 1, f"max_violation of one (E,) vector must be a scalar, got shape {tuple(got.shape)}"
         got = got.item()
@@ -156,4 +189,13 @@ def check_5_3(student_fn) -> None:
             f"counts of shape {shape}: wrong values; compute (max - mean) / mean along dim -1 for every row"
 
 
-CHECKS = {"5.1": check_5_1, "5.2": check_5_2, "5.3": check_5_3}
+EXERCISES = {
+    "5.1": Exercise("5.1", "expert_balance_loss", 3, check_5_1,
+                    forbidden=(balance_f_times_p, Router.forward, Router._balance_losses),
+                    why="compute f_i and P_i yourself"),
+    "5.2": Exercise("5.2", "lfb_simulation", 4, check_5_2, forbidden=(Router.forward, Router.update_bias),
+                    why="write the selection, the counts and the sign update with tensor operations"),
+    "5.3": Exercise("5.3", "max_violation", 3, check_5_3, forbidden=(load_stats, load_summary),
+                    why="compute (max - mean) / mean yourself"),
+    "5.4": Exercise("5.4", "answer_5_4", 2),
+}

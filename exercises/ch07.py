@@ -4,9 +4,12 @@
 7.2 `repetition_penalty(logits, tokens, penalty)`: the CTRL penalty, as `apply_repetition_penalty`.
 7.3 `generation_cache_bytes(cfg, prompt_tokens, new_tokens, bytes_per_value)`: the bytes of the KV
     caches that `generate(..., return_caches=True)` hands back, sliding window included.
+7.4 written: top-k against top-p on the trained model.
 
 References: the library's logit processors, and caches measured from real generations of small
-untrained models (a small vocabulary keeps them fast).
+untrained models (a small vocabulary keeps them fast). The library functions an exercise asks for are
+switched off while the answer runs (exercises/guard.py): `apply_top_p`, `apply_repetition_penalty`
+and `process_logits` (which calls them), and for 7.3 running a model at all.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from dataclasses import replace
 import torch
 
 import utils
+from components import generation
 from components.deepseek_model import DeepSeekModel
-from components.generation import apply_repetition_penalty, apply_top_p
+from components.generation import apply_repetition_penalty, apply_top_p, process_logits
+from components.kv_cache import LayerCache
 from constants import TINY
+from exercises import Exercise
 
 
 def _as_logits(result, shape, name: str) -> torch.Tensor:
@@ -167,4 +173,17 @@ def check_7_3(student_fn) -> None:
                              f"got {got:,}; scale by bytes_per_value")
 
 
-CHECKS = {"7.1": check_7_1, "7.2": check_7_2, "7.3": check_7_3}
+# 7.3 asks for the cache size WITHOUT running a model: generating (or any forward) is the library's answer.
+_GENERATION = (DeepSeekModel.forward, DeepSeekModel.generate, generation.generate, generation.stream_tokens,
+               LayerCache.append, utils.measured_cache_bytes)
+
+EXERCISES = {
+    "7.1": Exercise("7.1", "top_p_filter", 3, check_7_1, forbidden=(apply_top_p, process_logits),
+                    why="sort, accumulate the probabilities and scatter back yourself"),
+    "7.2": Exercise("7.2", "repetition_penalty", 3, check_7_2, forbidden=(apply_repetition_penalty, process_logits),
+                    why="mark the tokens present and apply the two cases yourself"),
+    "7.3": Exercise("7.3", "generation_cache_bytes", 4, check_7_3, forbidden=_GENERATION,
+                    why="count the cached tokens by replaying the generation loop on numbers, without a model "
+                        "(utils.kv_cache_bytes for the bytes of n tokens is allowed)"),
+    "7.4": Exercise("7.4", "answer_7_4", 2),
+}

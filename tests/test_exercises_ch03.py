@@ -48,15 +48,16 @@ def fold_wuk_into_wuq_untransposed(w_uq, w_uk, n_heads):
     return torch.einsum("hdc,hdq->hqc", w_uk.view(H, D, C), w_uq.view(H, D, Q)).reshape(H * C, Q)
 
 
-CORRECT = {"3.1": absorb_query_right, "3.2": fold_wuv_into_wo_right, "3.3": fold_wuk_into_wuq_right}
+CORRECT = {"3.1": absorb_query_right, "3.2": fold_wuv_into_wo_right, "3.3": fold_wuk_into_wuq_right,
+           "3.4": "Absorbing pays off when decoding: one query against many cached latents."}
 WRONG = [
     ("3.1", absorb_query_heads_mixed, "view it as (H, D, C)"),
     ("3.2", fold_wuv_into_wo_one_head, "W_O[:, h*V:(h+1)*V] @ W_UV_h"),
     ("3.3", fold_wuk_into_wuq_untransposed, "W_UK_h^T W_UQ_h"),
 ]
 
-test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
-    exercise_checks(CORRECT, WRONG)
+(test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
+ test_wrong_answer_fails_with_a_hint) = exercise_checks(CORRECT, WRONG)
 
 
 def test_wrong_shape_is_a_fail_with_the_expected_shape(capsys):

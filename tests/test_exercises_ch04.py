@@ -1,7 +1,11 @@
-"""Chapter 4 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 4 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes, and an
+answer that hands the work to the library FAILs saying so."""
 
 import torch
 
+import utils
+from components.deepseek_model import DeepSeekModel
+from components.router import Router
 from exercises import FAIL, check_exercise
 from tests.exercise_checks import exercise_checks
 
@@ -64,19 +68,39 @@ def ffn_counts_all_experts_active(cfg):
     return total, total
 
 
+# --- answers that hand the work to the library -----------------------------------------------------
+def sigmoid_topk_through_the_router(logits, bias, top_k):
+    n_experts = logits.shape[1]
+    router = Router(n_experts, n_experts, top_k, score="sigmoid", use_bias=True)
+    with torch.no_grad():
+        router.gate.weight.copy_(torch.eye(n_experts))                # identity gate: its logits are ours
+        router.bias.copy_(bias)
+    out = router(logits)
+    return out.weights, out.expert_ids
 
-CORRECT = {"4.1": sigmoid_topk_weights, "4.2": dense_moe_combine, "4.3": ffn_parameter_counts}
+
+def ffn_counts_by_building_the_model(cfg):
+    with torch.device("meta"):
+        model = DeepSeekModel(cfg)
+    ffn = sum(p.numel() for name, p in model.named_parameters() if ".ffn." in name)
+    return ffn, ffn - (utils.count_parameters(model) - utils.count_active_parameters(model))
+
+
+CORRECT = {"4.1": sigmoid_topk_weights, "4.2": dense_moe_combine, "4.3": ffn_parameter_counts,
+           "4.4": "If the bias weighted the experts it would change every token's output, not only the load."}
 WRONG = [
     ("4.1", sigmoid_unnormalised, "renormalise"),
     ("4.1", sigmoid_weighted_by_biased_scores, "UNBIASED"),
     ("4.2", combine_ignoring_capacity, "capacity"),
     ("4.3", ffn_counts_without_router, "router"),
     ("4.3", ffn_counts_all_experts_active, "K of the E"),
+    ("4.1", sigmoid_topk_through_the_router, "components.router.Router.forward"),
+    ("4.3", ffn_counts_by_building_the_model, "components.deepseek_model.DeepSeekModel.__init__"),
 ]
 
 
-test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
-    exercise_checks(CORRECT, WRONG)
+(test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
+ test_wrong_answer_fails_with_a_hint) = exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():

@@ -1,8 +1,11 @@
-"""Chapter 7 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes."""
+"""Chapter 7 exercise checkers: a stub is NOT ATTEMPTED, a wrong answer FAILs, a right one PASSes, and an
+answer that hands the work to the library FAILs saying so."""
 
 import torch
 
 import utils
+from components.deepseek_model import DeepSeekModel
+from components.generation import SamplingConfig, apply_repetition_penalty, apply_top_p, process_logits
 from exercises import FAIL, check_exercise
 from tests.exercise_checks import exercise_checks
 
@@ -70,9 +73,25 @@ def cache_bytes_with_last_token(cfg, prompt_tokens, new_tokens, bytes_per_value=
 def cache_bytes_without_window(cfg, prompt_tokens, new_tokens, bytes_per_value=4):
     return utils.kv_cache_bytes(cfg, prompt_tokens + new_tokens - 1, bytes_per_value=bytes_per_value)
 
+# --- answers that hand the work to the library -----------------------------------------------------
+def top_p_through_process_logits(logits, p):
+    return process_logits(logits, logits.new_zeros(logits.shape[0], 0, dtype=torch.long), SamplingConfig(top_p=p),
+                          temperature=1.0)
 
 
-CORRECT = {"7.1": top_p_filter, "7.2": repetition_penalty, "7.3": generation_cache_bytes}
+def repetition_penalty_from_the_library(logits, tokens, penalty):
+    return apply_repetition_penalty(logits, tokens, penalty)
+
+
+def cache_bytes_by_generating(cfg, prompt_tokens, new_tokens, bytes_per_value=4):
+    model = DeepSeekModel(cfg)
+    _, caches = model.generate(torch.zeros(1, prompt_tokens, dtype=torch.long), new_tokens, temperature=0,
+                               return_caches=True)
+    return utils.measured_cache_bytes(caches) * bytes_per_value // 4
+
+
+CORRECT = {"7.1": top_p_filter, "7.2": repetition_penalty, "7.3": generation_cache_bytes,
+           "7.4": "Top-k keeps 40 tokens even when one token has almost all the mass; top-p adapts to the shape."}
 WRONG = [
     ("7.1", top_p_cumsum_le, "one token too few"),
     ("7.1", top_p_no_scatter_back, "vocabulary order"),
@@ -80,11 +99,15 @@ WRONG = [
     ("7.2", penalty_on_every_token, "only tokens that already occur"),
     ("7.3", cache_bytes_with_last_token, "never fed back"),
     ("7.3", cache_bytes_without_window, "context_length // 2"),
+    ("7.1", apply_top_p, "components.generation.apply_top_p"),
+    ("7.1", top_p_through_process_logits, "components.generation.process_logits"),
+    ("7.2", repetition_penalty_from_the_library, "components.generation.apply_repetition_penalty"),
+    ("7.3", cache_bytes_by_generating, "components.deepseek_model.DeepSeekModel.generate"),
 ]
 
 
-test_stub_is_not_attempted, test_correct_answer_passes, test_wrong_answer_fails_with_a_hint = \
-    exercise_checks(CORRECT, WRONG)
+(test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
+ test_wrong_answer_fails_with_a_hint) = exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():
