@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -251,16 +252,52 @@ def write_report(dirs, out, plots: bool = True) -> Path:
     return path
 
 
+DOC_COLUMNS = ("run", "seeds", "val loss (mean ± std)", "min–max", "Δ vs first", "verdict", "KV cache B/token (bf16)",
+               "active params (non-emb.)", "max/ideal load, final", "max/ideal, run mean", "dead experts")
+_TABLE_BLOCK = re.compile(r"(<!-- table: (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def fill_tables(doc: Path, results_root: Path) -> list[str]:
+    """Rewrite every `<!-- table: STUDY -->...<!-- /table -->` block of `doc` with the current table of
+    results_root/STUDY (or a 'not run yet' line); returns the studies filled. The prose around the
+    blocks is left alone, so the numbers in a document can never drift from its records."""
+    filled = []
+
+    def table(match: re.Match) -> str:
+        study = match.group(2)
+        records = load_records([results_root / study]) if (results_root / study).is_dir() else []
+        if records:
+            body = markdown_table(summarize(records), columns=DOC_COLUMNS) + "\n"
+            filled.append(study)
+        else:
+            body = f"*Not run yet at this budget: `bash docs/results/run_studies.sh {study}`.*\n"
+        return match.group(1) + body + match.group(4)
+
+    text = doc.read_text()
+    doc.write_text(_TABLE_BLOCK.sub(table, text))
+    return filled
+
+
 def main(argv: list[str] | None = None) -> int:
     p = CommandLine(prog="python -m ablation report", description="Markdown table and plots from ablation records")
     p.add_argument("dirs", nargs="+", help="folders holding the harness's JSON records")
     p.add_argument("--out", help="where report.md and the PNGs go (default: the first folder)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--fill", metavar="DOC", help="instead: rewrite the '<!-- table: STUDY -->' blocks of DOC "
+                   "from the study folders under the one folder given")
     args = p.parse_args(argv)
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         print(f"ablation report: error: no such folder: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if args.fill:
+        if len(args.dirs) != 1 or not Path(args.fill).is_file():
+            print("ablation report: error: --fill DOC needs an existing DOC and one folder holding the study "
+                  "folders, e.g. --fill docs/results.md docs/results", file=sys.stderr)
+            return 2
+        filled = fill_tables(Path(args.fill), Path(args.dirs[0]))
+        print(f"filled the tables of {', '.join(filled) or 'no study'} in {args.fill}")
+        return 0
     try:
         path = write_report(args.dirs, args.out or args.dirs[0], plots=not args.no_plots)
     except ValueError as err:

@@ -162,3 +162,28 @@ def test_delta_standard_error_and_verdicts():
     c = ablation_report.compare(near, base)
     assert c["resolved"] is False and "needs Δ beyond ±0.163" in ablation_report.verdict_text(c)
     assert ablation_report.compare(row("one", [5.9]), base)["resolved"] is None      # one seed: no verdict
+
+
+def test_fill_tables_rewrites_only_the_marked_blocks(tmp_path):
+    import json
+
+    study = tmp_path / "results" / "demo"
+    study.mkdir(parents=True)
+    for seed, loss in enumerate([5.0, 5.1, 5.2]):
+        record = {"key": f"k{seed}", "study": "demo", "name": "base", "seed": seed, "overrides": {},
+                  "final_val_loss": loss, "best_val_loss": loss, "kv_cache_bytes_per_token": {"bf16": 96},
+                  "params": {"active_non_embedding": 10, "active": 20, "total": 30},
+                  "model_config": {"ffn": "dense", "n_routed_experts": 8, "top_k": 2},
+                  "budget": {"tokens": 100}, "tokens_per_s": 1.0, "wall_time_s": 1.0}
+        (study / f"base__seed{seed}.json").write_text(json.dumps(record))
+    doc = tmp_path / "results.md"
+    doc.write_text("intro\n<!-- table: demo -->\nstale\n<!-- /table -->\nmiddle\n"
+                   "<!-- table: missing -->\nold\n<!-- /table -->\nend\n")
+    assert ablation_report.fill_tables(doc, tmp_path / "results") == ["demo"]
+    text = doc.read_text()
+    assert "stale" not in text and "| base | 3 | 5.100 ± 0.100 | 5.000–5.200 |" in text
+    assert "Not run yet at this budget: `bash docs/results/run_studies.sh missing`" in text
+    assert text.startswith("intro\n") and "\nmiddle\n" in text and text.endswith("end\n")
+    before = text
+    ablation_report.fill_tables(doc, tmp_path / "results")
+    assert doc.read_text() == before                                  # idempotent

@@ -5,8 +5,10 @@
 #     bash docs/results/run_studies.sh [study ...]        # default: the learning-rate sweep, then all nine
 #     JOBS=2 bash docs/results/run_studies.sh             # two runs side by side (one thread each)
 #     EXTRA=--dry-run bash docs/results/run_studies.sh    # list the runs only
-# Budget: 983,040 tokens per run (480 optimizer steps of 16 x 128), seeds 0 1 2; about 3-6 minutes a
-# run on one thread of a 2-core CPU, so the whole set (69 distinct runs) takes about 2-3 hours with JOBS=2.
+# Budget: 983,040 tokens per run (480 optimizer steps of 16 x 128), seeds 0 1 2: about 70 distinct runs (the
+# base run is trained once and reused). Measured on a 2-core CPU with JOBS=2 while other work shared the
+# machine: 6.5-9 minutes a run, so the whole set takes about 4-5 hours; records resume, so it can be
+# spread over several sittings.
 set -euo pipefail
 DATA=${DATA:-../shared/data/paul_graham_essays.csv}
 JOBS=${JOBS:-1}
@@ -67,3 +69,6 @@ study() {
 for s in ${@:-lr_sweep latent_width equal_kv_cache granularity shared_experts top_k balancing bias_rate dense_vs_moe mtp}; do
   study "$s"
 done
+
+# The tables of docs/results.md, from whatever records exist now (the prose around them is not touched).
+python -m ablation report --fill docs/results.md $R
