@@ -182,11 +182,14 @@ def check_vocabulary(model_cfg: ModelConfig) -> None:
                          "python -m ablation --vocab-top N, which remaps the ids to a smaller vocabulary")
 
 
-def check_out_dir(out_dir: str, resumed: bool, overwrite: bool) -> None:
-    """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one."""
+def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
+    """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one
+    (overwrite=None: only the first check, before the folder is locked)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
+    if overwrite is None:
+        return
     earlier = [name for name in EARLIER_RUN_FILES if (out / name).exists()]
     if earlier and not resumed and not overwrite:
         raise UsageError(f"--out {out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume to continue "
@@ -252,12 +255,20 @@ def main(argv: list[str] | None = None) -> int:
 
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
         check_vocabulary(model_cfg)
-        check_out_dir(train_cfg.out_dir, resumed is not None, args.overwrite)
+        check_out_dir(train_cfg.out_dir, resumed is not None, overwrite=None)
         if args.tensorboard:
             TensorBoardLog.check_available()
-        # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists
+        # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists.
+        # The lock comes first: another run busy in the folder is the first thing to hear about.
         lock = claim_out_dir(train_cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
     except (UsageError, ValueError) as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        check_out_dir(train_cfg.out_dir, resumed is not None, args.overwrite)
+    except UsageError as err:
+        if lock is not None:
+            release_out_dir(*lock, train_cfg.out_dir)
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     try:

@@ -1,0 +1,426 @@
+"""Run every bad input we know of through the real command lines and report any Python traceback.
+
+    python scripts/bad_input_sweep.py            # about two minutes on a laptop CPU
+    python scripts/bad_input_sweep.py -k lock    # only the cases whose name contains 'lock'
+
+Each case is a subprocess of train.py, inference.py or `python -m ablation` (a few run a short Python
+wrapper that simulates what a test machine cannot produce: a full disk, a read-only folder when running
+as root). A case passes when its exit code is the expected one, stderr holds no traceback, and its own
+check holds (files that existed are unchanged, no empty folder was left, the message names the fix).
+The project rule it checks: a bad input gets one line naming the problem and the fix, before any work
+starts, and nothing that existed is lost. Everything happens in a temporary folder, offline, on CPU.
+The last line is the summary; the exit code is 1 if any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+WORDS = ("startup founders users money ideas work programming language hackers growth product investors write "
+         "essays think hard problems make something people want good great best way learn").split()
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    argv: list                                   # after the Python executable
+    codes: tuple = (2,)                          # acceptable exit codes
+    stdin: bytes | None = None
+    env: dict = dataclasses.field(default_factory=dict)
+    check: Callable | None = None                # (stdout, stderr) -> problem or None
+    interact: Callable | None = None             # (Popen) -> (stdout, stderr), for signals
+
+
+@dataclasses.dataclass
+class Result:
+    case: Case
+    code: int | None
+    problem: str | None
+    first_line: str
+
+
+# --- fixtures: data, checkpoints, folders -------------------------------------------------------------------
+
+def write_corpus(folder: Path, n: int = 12) -> Path:
+    rng = random.Random(0)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        words = [rng.choice(WORDS) for _ in range(400)]
+        text = " ".join(" ".join(words[j:j + 12]).capitalize() + "." for j in range(0, 400, 12))
+        (folder / f"essay_{i:02d}.txt").write_text(f"Essay {i}\n\n{text}\n")
+    return folder
+
+
+def make_checkpoints(tmp: Path) -> dict[str, Path]:
+    import torch
+
+    from checkpoint import atomic_save, load_checkpoint, make_checkpoint
+    from components.deepseek_model import DeepSeekModel
+    from constants import TINY
+
+    cfg = dataclasses.replace(TINY, n_layers=1, context_length=32, d_model=32, kv_latent_dim=8, expert_hidden_dim=32)
+    torch.manual_seed(0)
+    paths = {name: tmp / f"{name}.pt" for name in ("good", "small_vocab", "huge", "nan", "evil", "empty", "cut")}
+    atomic_save(make_checkpoint(DeepSeekModel(cfg), step=0, kind="best"), paths["good"])
+    atomic_save(make_checkpoint(DeepSeekModel(dataclasses.replace(cfg, vocab_size=256)), step=0, kind="best"),
+                paths["small_vocab"])
+    huge = load_checkpoint(paths["good"])
+    huge["model_config"] |= {"d_model": 65536, "n_layers": 96, "expert_hidden_dim": 65536}
+    torch.save(huge, paths["huge"])
+    bad = load_checkpoint(paths["good"])
+    bad["model"]["norm.weight"][0] = float("nan")
+    torch.save(bad, paths["nan"])
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo the payload ran",))
+
+    torch.save({"format_version": 1, "payload": RunsCode()}, paths["evil"])
+    paths["empty"].write_bytes(b"")
+    paths["cut"].write_bytes(paths["good"].read_bytes()[:2000])
+    return paths
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} if folder.is_dir() else {}
+
+
+def unchanged(folder: Path) -> Callable:
+    before = snapshot(folder)
+    return lambda out, err: None if snapshot(folder) == before else f"{folder} changed"
+
+
+def absent(path: Path) -> Callable:
+    return lambda out, err: f"{path} was created" if path.exists() else None
+
+
+def says(*texts: str, where: str = "err") -> Callable:
+    def check(out, err):
+        text = err if where == "err" else out
+        missing = [t for t in texts if t not in text]
+        return f"{where} lacks {missing}" if missing else None
+    return check
+
+
+def both(*checks: Callable) -> Callable:
+    def check(out, err):
+        return next((problem for c in checks if (problem := c(out, err))), None)
+    return check
+
+
+# --- wrappers that simulate what this machine cannot do for real ---------------------------------------------
+
+FULL_DISK = """
+import errno, os, sys, torch
+real, calls = torch.save, [0]
+def save(obj, handle, *a, **k):                       # the first save fits, then the disk is full
+    calls[0] += 1
+    if calls[0] > 1:
+        handle.write(b"PK half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(obj, handle, *a, **k)
+torch.save = save
+import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+READ_ONLY = """
+import errno, os, sys
+folder, real = sys.argv[1], os.open
+def refusing(path, flags, *a, **k):                   # what the kernel says to a non-root user in a 0555 folder
+    if str(path).startswith(folder) and flags & os.O_CREAT:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return real(path, flags, *a, **k)
+if os.geteuid() == 0:
+    os.open = refusing
+import train
+sys.exit(train.main(sys.argv[2:]))
+"""
+
+
+
+# --- signals --------------------------------------------------------------------------------------------------
+
+def wait_for(proc: subprocess.Popen, prefix: bytes, limit: float = 120) -> bytes:
+    """Read stdout lines until one starts with `prefix` (the process has reached that point)."""
+    seen, deadline = b"", time.monotonic() + limit
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen += line
+        if not line or line.startswith(prefix):
+            return seen
+    return seen
+
+
+def sigint_while_generating(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    head = wait_for(proc, b"interactive mode")
+    proc.stdin.write(b"Hello\n")
+    proc.stdin.flush()
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    out, err = proc.communicate(b":quit\n", timeout=120)
+    return head + out, err
+
+
+def sigint_at_the_prompt(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    head = wait_for(proc, b"interactive mode")
+    time.sleep(0.5)                                  # blocked in input()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return head + out, err
+
+
+def sigint_one_shot(proc: subprocess.Popen) -> tuple[bytes, bytes]:
+    head = wait_for(proc, b"loaded ")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return head + out, err
+
+
+# --- the cases --------------------------------------------------------------------------------------------------
+
+def build_cases(tmp: Path) -> list[Case]:
+    corpus = write_corpus(tmp / "corpus")
+    ckpt = make_checkpoints(tmp)
+    cache = ["--cache-dir", str(tmp / "cache")]
+    # a short budget everywhere: an input that is wrongly accepted trains 2 steps and is reported, not 10 minutes
+    train = ["train.py", "--preset", "tiny", "--data", str(corpus), *cache, "--quiet", "--batch-size", "2",
+             "--max-steps", "2", "--eval-every", "0", "--set", "sample_tokens=0", "--set", "eval_batches=1"]
+    infer = ["inference.py", "--model_path", str(ckpt["good"]), "--max_new_tokens", "4"]
+    ablate = ["-m", "ablation", "--tokens", "64", *cache]
+
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("my notes")
+    earlier = tmp / "earlier_run"
+    earlier.mkdir()
+    (earlier / "metrics.jsonl").write_text('{"kind": "train", "step": 7}\n')
+    (earlier / "latest.pt").write_bytes(b"an earlier run's checkpoint")
+    read_only = tmp / "read_only"
+    read_only.mkdir()
+    (read_only / "keep.txt").write_text("kept")
+    read_only.chmod(0o555)
+    no_text_column = tmp / "no_text.csv"
+    no_text_column.write_text("title,body\nA,some words\n")
+    too_small = tmp / "too_small.csv"
+    too_small.write_text("text\nOnly a few words here.\n")
+    binary = tmp / "binary.parquet"
+    binary.write_bytes(bytes(range(256)) * 4)
+    prompts = tmp / "prompts.txt"
+    prompts.write_text("Startups are\n\nThe best way to learn programming is\n")
+    latin1 = os.fsdecode(b"caf\xe9 au lait")
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}
+
+    return [
+        # train.py: settings
+        Case("train: --device tpu", [*train, "--out", str(tmp / "t1"), "--device", "tpu"],
+             check=both(says("--device tpu: unknown device"), absent(tmp / "t1"))),
+        Case("train: --device meta", [*train, "--out", str(tmp / "t1"), "--device", "meta"],
+             check=says("runs on cpu, cuda or mps")),
+        Case("train: --device cuda:99", [*train, "--out", str(tmp / "t1"), "--device", "cuda:99"]),
+        Case("train: vocab_size below the tokenizer's ids", [*train, "--out", str(tmp / "t1"), "--set",
+                                                            "vocab_size=1000"],
+             check=both(says("vocab_size >= 50257"), absent(tmp / "t1"))),
+        Case("train: mtp_depth >= context_length", [*train, "--out", str(tmp / "t1"), "--set", "mtp_depth=64"],
+             check=says("must be < context_length=64")),
+        Case("train: aux_free with a balance coefficient", [*train, "--out", str(tmp / "t1"), "--set",
+                                                           "seq_balance_coef=0.001"],
+             check=says("use balancing='both'")),
+        Case("train: a bad --set value", [*train, "--out", str(tmp / "t1"), "--set", "top_k=two"]),
+        # train.py: the output folder
+        Case("train: --out is a file", [*train, "--out", str(a_file)],
+             check=both(says("is a file, not a folder"), lambda o, e: None if a_file.read_text() == "my notes"
+                        else "the file changed")),
+        Case("train: --out below a file", [*train, "--out", str(a_file / "run")], check=says("--out")),
+        Case("train: read-only --out", ["-c", READ_ONLY, str(read_only), *train[1:], "--out", str(read_only)],
+             check=both(says("is not writable"), unchanged(read_only))),
+        Case("train: --out /proc (not creatable)", [*train, "--out", "/proc/no_such_run"]),
+        Case("train: fresh run into an earlier run", [*train, "--out", str(earlier)],
+             check=both(says("holds an earlier run", "--overwrite"), unchanged(earlier))),
+        Case("train: --resume and --overwrite", [*train, "--out", str(earlier), "--resume", "--overwrite"],
+             check=both(says("pass one of them"), unchanged(earlier))),
+        Case("train: --overwrite, then bad data", [*train[:3], "--data", str(no_text_column), *cache,
+                                                    "--out", str(earlier), "--overwrite"],
+             check=both(says("no 'text' column"), unchanged(earlier))),
+        Case("train: --resume of a corrupt latest.pt", [*train, "--out", str(earlier), "--resume"],
+             check=both(says("--resume:"), unchanged(earlier))),
+        Case("train: data without a text column", [*train[:3], "--data", str(no_text_column), *cache,
+                                                    "--out", str(tmp / "t2")], check=absent(tmp / "t2")),
+        Case("train: data that is binary garbage", [*train[:3], "--data", str(binary), *cache,
+                                                     "--out", str(tmp / "t2")], check=absent(tmp / "t2")),
+        Case("train: full disk while saving", ["-c", FULL_DISK, *train[1:], "--out", str(tmp / "full"),
+                                               "--max-steps", "3", "--save-every", "1"], codes=(1,),
+             check=says("No space left on device", "(step 1)", "--resume")),
+        Case("train: non-finite loss", [*train, "--out", str(tmp / "nan_run"), "--max-steps", "3",
+                                        "--set", "init_std=1e30"], codes=(1,), check=says("non-finite loss")),
+        # python -m ablation
+        Case("ablation: data without a text column", [*ablate, "--data", str(no_text_column), "--out",
+                                                      str(tmp / "a1")], check=absent(tmp / "a1")),
+        Case("ablation: data smaller than one window", [*ablate, "--data", str(too_small), "--out", str(tmp / "a1")],
+             check=both(says("at least one window"), absent(tmp / "a1"))),
+        Case("ablation: --out is a file", [*ablate, "--data", str(corpus), "--out", str(a_file)],
+             check=says("is a file, not a folder")),
+        Case("ablation: --out below a file", [*ablate, "--data", str(corpus), "--out", str(a_file / "study")]),
+        Case("ablation: bad --grid", [*ablate, "--grid", "top_k=1,9", "--out", str(tmp / "a1")],
+             check=absent(tmp / "a1")),
+        # inference.py: flags and checkpoints
+        Case("inference: --device tpu", [*infer, "--device", "tpu"], check=says("unknown device")),
+        Case("inference: --prompts-file missing", [*infer, "--prompts-file", str(tmp / "none.txt")]),
+        Case("inference: --prompts-file is a folder", [*infer, "--prompts-file", str(tmp)]),
+        Case("inference: a pickle calling os.system", ["inference.py", "--model_path", str(ckpt["evil"])], codes=(1,),
+             check=both(says("as unsafe"), lambda o, e: "the payload ran" if "payload ran" in o else None)),
+        Case("inference: config of an enormous model", ["inference.py", "--model_path", str(ckpt["huge"])],
+             codes=(1,), check=says("describes a model of")),
+        Case("inference: non-finite weights", ["inference.py", "--model_path", str(ckpt["nan"])], codes=(1,),
+             check=says("norm.weight")),
+        Case("inference: empty checkpoint", ["inference.py", "--model_path", str(ckpt["empty"])], codes=(1,)),
+        Case("inference: truncated checkpoint", ["inference.py", "--model_path", str(ckpt["cut"])], codes=(1,)),
+        Case("inference: a folder as --model_path", ["inference.py", "--model_path", str(tmp)], codes=(1,)),
+        Case("inference: prompt ids outside a small vocabulary",
+             ["inference.py", "--model_path", str(ckpt["small_vocab"]), "--prompt", "Hello"], codes=(1,),
+             check=says("outside the model's vocabulary")),
+        # inference.py: text, batches, signals
+        Case("inference: non-UTF-8 --prompt, strict UTF-8 terminal", [*infer, "--prompt", latin1], codes=(0,),
+             env=strict, check=says("caf\ufffd au lait", where="out")),
+        Case("inference: non-UTF-8 stdin, strict UTF-8 terminal", [*infer, "--interactive"], codes=(0,), env=strict,
+             stdin=b"caf\xe9 au lait\n:quit\n", check=says("caf\ufffd au lait", where="out")),
+        Case("inference: ASCII-only terminal", [*infer, "--prompt", "caf\u00e9 \u2019quoted\u2019"], codes=(0,),
+             env={"PYTHONIOENCODING": "ascii:strict"}),
+        Case("inference: several prompts + a prompts file", [*infer, "--prompt", "Hello", "--prompt", "Essays",
+                                                             "--prompts-file", str(prompts), "--seed", "1"],
+             codes=(0,), check=says("--- prompt 4/4 ---", where="out")),
+        Case("inference: several prompts with beam search", [*infer, "--prompt", "Hello", "--prompt", "Essays",
+                                                             "--beams", "2"], codes=(0,),
+             check=says("one prompt at a time")),
+        Case("inference: Ctrl-D at the prompt", [*infer, "--interactive"], codes=(0,), stdin=b""),
+        Case("inference: Ctrl-C during generation (interactive)",
+             [*infer[:-1], "100000000", "--interactive"], codes=(0,), interact=sigint_while_generating,
+             check=says("interrupted (Ctrl-C)", where="out")),
+        Case("inference: Ctrl-C at the prompt", [*infer, "--interactive"], codes=(0,), interact=sigint_at_the_prompt),
+        Case("inference: Ctrl-C during a one-shot generation", [*infer[:-1], "100000000", "--prompt", "Hi"],
+             codes=(130,), interact=sigint_one_shot),
+    ]
+
+
+def lock_cases(tmp: Path) -> list[Result]:
+    """Two runs into one --out, a SIGKILLed holder, and the run that takes its lock over (real processes)."""
+    corpus = tmp / "corpus"
+    out = tmp / "locked_run"
+    train = [sys.executable, "train.py", "--preset", "tiny", "--data", str(corpus), "--cache-dir", str(tmp / "cache"),
+             "--quiet", "--batch-size", "2", "--eval-every", "0", "--set", "sample_tokens=0", "--set",
+             "eval_batches=1", "--out", str(out)]
+    results = []
+    first = subprocess.Popen([*train, "--max-steps", "100000", "--save-every", "1"], cwd=REPO, env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (out / "latest.pt").exists() and first.poll() is None:
+            time.sleep(0.1)
+        second = subprocess.run([*train, "--max-steps", "2"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                                timeout=300)          # the busy folder is reported before its earlier run
+        problem = None if "is in use by another training run" in second.stderr else "no 'in use' error"
+        results.append(judge(Case("lock: a second run into a running run's --out", []), second.returncode,
+                             second.stdout, second.stderr, problem))
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+        first.stderr.close()
+    from checkpoint import load_checkpoint
+
+    step = load_checkpoint(out / "latest.pt")["step"]
+    third = subprocess.run([*train, "--resume", "--max-steps", str(step + 2)], cwd=REPO, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    problem = None if "taking its lock over" in third.stderr else "no note about the dead run's lock"
+    if not problem and load_checkpoint(out / "latest.pt")["step"] != step + 2:
+        problem = "the resumed run did not continue"
+    results.append(judge(Case("lock: resume after the holder was SIGKILLed", [], codes=(0,)), third.returncode,
+                         third.stdout, third.stderr, problem))
+    return results
+
+
+# --- running and judging ----------------------------------------------------------------------------------------
+
+def judge(case: Case, code: int | None, out: str, err: str, problem: str | None = None) -> Result:
+    if problem and problem.startswith("timed out"):
+        pass
+    elif "Traceback (most recent call last)" in err + out:
+        problem = "TRACEBACK: " + err.strip().splitlines()[-1][:160]
+    elif code not in case.codes:
+        problem = f"exit code {code}, expected {case.codes}"
+    elif problem is None and case.check is not None:
+        problem = case.check(out, err)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("warning: ")]
+    first = lines[0] if lines else (out.strip().splitlines() or [""])[-1]
+    return Result(case, code, problem, first[:150])
+
+
+def run_case(case: Case) -> Result:
+    command = [sys.executable, *case.argv]
+    env = ENV | case.env
+    if case.interact is not None:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            out, err = case.interact(proc)
+        finally:
+            proc.kill()
+            proc.wait()
+        code = proc.returncode
+    else:
+        try:
+            done = subprocess.run(command, cwd=REPO, env=env, input=case.stdin, capture_output=True, timeout=300)
+        except subprocess.TimeoutExpired as err:
+            return judge(case, None, (err.stdout or b"").decode("utf-8", "replace"),
+                         (err.stderr or b"").decode("utf-8", "replace"), "timed out after 300 s")
+        out, err, code = done.stdout, done.stderr, done.returncode
+    return judge(case, code, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", default="", help="run only the cases whose name contains this text")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bad_input_sweep_") as folder:
+        tmp = Path(folder)
+        results = []
+        try:
+            for case in build_cases(tmp):
+                if args.k in case.name:
+                    results.append(run_case(case))
+                    print(format_result(results[-1]), flush=True)
+            if args.k in "lock: a second run into a running run's --out / resume after SIGKILL":
+                for result in lock_cases(tmp):
+                    results.append(result)
+                    print(format_result(result), flush=True)
+        finally:
+            (tmp / "read_only").chmod(0o755)
+    tracebacks = sum(1 for r in results if r.problem and r.problem.startswith("TRACEBACK"))
+    failed = sum(1 for r in results if r.problem)
+    print(f"\n{len(results)} cases in {time.perf_counter() - started:.0f} s: {len(results) - failed} as expected, "
+          f"{tracebacks} traceback(s), {failed - tracebacks} other failure(s)")
+    return 1 if failed else 0
+
+
+def format_result(result: Result) -> str:
+    status = "ok " if result.problem is None else "FAIL"
+    detail = f" -- {result.problem}" if result.problem else ""
+    return f"[{status}] {result.case.name} (exit {result.code}): {result.first_line}{detail}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
