@@ -267,10 +267,13 @@ def test_a_folder_locked_by_a_live_run_is_refused(tmp_path, capsys, no_data):
     from run_lock import RunLock
 
     out = tmp_path / "run"
-    holder = RunLock(out.mkdir() or out)
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")               # busy AND an earlier run: busy is said first
+    holder = RunLock(out)
     assert holder.acquire() is None
     try:
-        line = train_error(capsys, "--out", str(out))
+        line = train_error(capsys, "--out", str(out), "--overwrite")
+        assert train_error(capsys, "--out", str(out)) == line
     finally:
         holder.release()
     assert f"{out} is in use by another training run (pid {__import__('os').getpid()} on " in line
