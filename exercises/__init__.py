@@ -162,25 +162,36 @@ class Score:
         pass
 
 
-def chapter_score(chapter: int) -> Score:
-    """Print the chapter's score from the checks run in this notebook (this kernel) so far."""
+def stub_result(exercise: Exercise) -> Result:
+    """The verdict on the untouched stub (what a fresh notebook's check cell prints)."""
+    hint = WRITTEN_STUB_HINT if exercise.written else STUB_HINT
+    return Result(exercise.id, NOT_ATTEMPTED, 0, exercise.points, hint, exercise.written)
+
+
+def score_lines(chapter: int, results: dict[str, Result]) -> tuple[Score, list[str]]:
+    """The chapter's score from `results` (exercise id -> Result; a missing id was not checked)."""
     exercises = chapter_exercises(chapter)
     auto = [e for e in exercises.values() if not e.written]
     written = [e for e in exercises.values() if e.written]
-    results = {eid: _RESULTS.get(eid) for eid in exercises}
-    earned = sum(r.points for r in results.values() if r is not None)
+    earned = sum(results[eid].points for eid in exercises if eid in results)
     score = Score(chapter, earned, sum(e.points for e in auto), sum(e.points for e in written))
-    print(f"Chapter {chapter}: {score.points} of {score.max_points} points"
-          + (f" (+ {score.written_points} for the written answer, read by your teacher)" if written else ""))
+    lines = [f"Chapter {chapter}: {score.points} of {score.max_points} points"
+             + (f" (+ {score.written_points} for the written answer, read by your teacher)" if written else "")]
     for eid, exercise in exercises.items():
-        result = results[eid]
+        result = results.get(eid)
         status = result.status if result is not None else NOT_CHECKED
         if exercise.written:
             column = f"written, {exercise.points} points"
         else:
             column = f"{result.points if result is not None else 0}/{exercise.points}"
-        note = " - run its check cell" if result is None else ""
-        print(f"  {eid:<5} {status:<14} {column}{note}")
+        lines.append(f"  {eid:<5} {status:<14} {column}" + (" - run its check cell" if result is None else ""))
+    return score, lines
+
+
+def chapter_score(chapter: int) -> Score:
+    """Print the chapter's score from the checks run in this notebook (this kernel) so far."""
+    score, lines = score_lines(chapter, _RESULTS)
+    print("\n".join(lines))
     return score
 
 

@@ -90,7 +90,7 @@ def check_latent_kv(student_fn) -> None:
     for B, T in [(1, 1), (2, 5)]:
         x = 3.0 * torch.randn(B, T, 48, generator=gen)
         with torch.no_grad():
-            c_ref = mla.kv_norm(mla.w_dkv(x))                                   # (B, T, C)
+            c_ref = _held(mla, x)["c_kv"]                                       # (B, T, C), as the module caches it
             k_ref = mla.w_uk(c_ref).view(B, T, H, D)
             v_ref = mla.w_uv(c_ref).view(B, T, H, V)
             got = student_fn(x, mla.w_dkv.weight, mla.kv_norm.weight, mla.w_uk.weight, mla.w_uv.weight, H, 1e-6)
@@ -151,9 +151,9 @@ def check_mla_scores(student_fn) -> None:
             c_q, w_nope = (x, mla.w_q) if q_latent_dim is None else (mla.q_norm(mla.w_dq(x)), mla.w_uq)
             q_nope = w_nope(c_q).view(B, T, H, D)                               # (B, T, H, D)
             q_rope = mla.rope(mla.w_qr(c_q).view(B, T, H, R), 0)               # (B, T, H, R)
-            c_kv = mla.kv_norm(mla.w_dkv(x))
+            held = _held(mla, x)                                                # what the module caches
+            c_kv, k_rope = held["c_kv"], held["k_rope"]                         # (B, S, C), (B, S, R)
             k_nope = mla.w_uk(c_kv).view(B, T, H, D)                            # (B, S, H, D)
-            k_rope = mla.rope(mla.w_kr(x), 0)                                   # (B, S, R)
             v = mla.w_uv(c_kv).view(B, T, H, V)
             scores = student_fn(q_nope, q_rope, k_nope, k_rope)
             assert torch.is_tensor(scores) and scores.shape == (B, H, T, T), (

@@ -49,8 +49,8 @@ def _describe(cfg, layer: int) -> str:
 
 
 def _hint_6_1(cfg, layer: int, got: int, want: int) -> str:
-    d, H, C = cfg.d_model, cfg.n_heads, cfg.kv_latent_dim
-    diff = want - got
+    d, diff = cfg.d_model, want - got
+    C, H = cfg.kv_latent_dim, cfg.n_heads
     moe = cfg.is_moe_layer(layer)
     if diff == 2 * d:
         return "did you forget the block's two RMSNorms (attn_norm and ffn_norm, d_model weights each)?"

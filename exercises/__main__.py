@@ -1,0 +1,26 @@
+"""python -m exercises grade NOTEBOOK_OR_FOLDER... [--csv OUT]   |   python -m exercises release OUT_DIR
+
+See docs/teaching.md for the assignment workflow (release -> students -> grade)."""
+
+import sys
+
+USAGE = ("usage: python -m exercises grade NOTEBOOK_OR_FOLDER... [--csv OUT] | "
+         "python -m exercises release OUT_DIR   (--help after either for its options)")
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("grade", "release"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        print(f"python -m exercises: error: choose a command, grade or release; {USAGE}", file=sys.stderr)
+        return 2
+    if argv[0] == "grade":
+        from exercises.grade import main as grade
+        return grade(argv[1:])
+    from exercises.release import main as release
+    return release(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

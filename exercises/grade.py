@@ -1,0 +1,401 @@
+"""Grade submitted chapter notebooks: run each in a fresh kernel, check every exercise, write a table and a CSV.
+
+    python -m exercises grade submissions/ --csv grades.csv
+    python -m exercises grade alice/01_attention_and_kv_cache.ipynb bob/01_attention_and_kv_cache.ipynb
+
+Who is who: a notebook belongs to the student named by the folder it sits in (submissions/alice/...
+is alice), or with `--student file`, by its file name without .ipynb. Which chapter: the notebook's
+metadata (the chapter notebooks carry it), else its file name (`03_...`), else its check cells.
+
+Each notebook runs top to bottom in a fresh kernel, started in this project's notebooks/ folder with
+this project on PYTHONPATH (so the student's code meets the same library and checkers as here, and
+nothing from the submission folder is imported), with DEEPSEEK_SCRATCH_FAST=1 unless --full (the
+checks do not depend on the sizes; chapter 6 would train for 10 minutes otherwise). A cell that raises
+does not stop the run; the notebook as a whole gets --timeout seconds, after which the running cell is
+interrupted and the rest skipped. Then, in the same kernel, one grading cell per exercise checks the
+function the student last passed to check_exercise (or else the notebook's function of the exercise's
+name) with --check-timeout seconds each. So a notebook that crashes, hangs or was never run is still
+graded: what it defined counts, what it did not is a FAIL that says why. The grader runs the
+student's code: it is a grader, not a sandbox.
+
+Rows: one per student and exercise (status, points, the checker's hint; for a written exercise its
+text, for the teacher to read and score), and one `total` row per student with the points of the
+automatic checks and notes on the notebooks (a cell that raised, a time limit that was hit).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cli import CommandLine, UsageError
+from exercises import ANSWERED, FAIL, PASS, chapter_exercises
+from exercises.notebook import chapter_of
+
+ROOT = Path(__file__).resolve().parent.parent           # the project whose library and checkers grade
+COLUMNS = ("student", "chapter", "exercise", "kind", "status", "points", "max_points", "hint", "answer", "notebook")
+COLAB_TAGS = {"colab-badge", "colab-setup"}            # Colab-only set-up: nothing to do where the grader runs
+
+
+@dataclass
+class Submission:
+    path: Path
+    student: str
+    chapter: int | None
+    nb: object | None                                   # the parsed notebook, None if unreadable
+    problem: str = ""                                   # why it cannot be run, if it cannot
+
+
+@dataclass
+class Graded:
+    submission: Submission
+    results: dict = field(default_factory=dict)         # exercise id -> dict(status, points, max_points, detail)
+    notes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# --- finding the submissions (all checks happen here, before any kernel starts) --------------------
+def _notebooks_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def _read(path: Path, student: str) -> Submission:
+    import nbformat
+
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:                           # not JSON, not a notebook: graded as unreadable
+        last = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Submission(path, student, chapter_of(_EMPTY_NB, path), None, f"not a readable notebook ({last})")
+    chapter = chapter_of(nb, path)
+    return Submission(path, student, chapter, nb,
+                      "" if chapter else "cannot tell which chapter this is (no chapter in its metadata, no NN_ in "
+                                         "its file name, no check_exercise calls)")
+
+
+class _Empty:
+    metadata: dict = {}
+    cells: list = []
+
+
+_EMPTY_NB = _Empty()
+
+
+def collect(args: list[str], by: str) -> list[Submission]:
+    """The submissions named on the command line; UsageError for a path that is not there or not a notebook."""
+    paths = []
+    for arg in args:
+        path = Path(arg)
+        if not path.exists():
+            raise UsageError(f"{arg}: no such file or folder; pass submitted notebooks (.ipynb) or folders of them")
+        if path.is_dir():
+            found = _notebooks_in(path)
+            if not found:
+                raise UsageError(f"{arg}: no .ipynb file in this folder (or below); pass the folder that holds "
+                                 "the students' notebooks")
+            paths += found
+        elif path.suffix != ".ipynb":
+            raise UsageError(f"{arg}: not a notebook (.ipynb); pass the submitted notebooks or their folders")
+        else:
+            paths.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in paths))
+    submissions = [_read(p, p.stem if by == "file" else p.parent.name) for p in unique]
+    seen: dict[tuple, Path] = {}
+    for sub in submissions:
+        key = (sub.student, sub.chapter)
+        if sub.chapter is not None and key in seen:
+            fix = ("put each student's notebooks in a folder of their own" if by == "folder"
+                   else "name each file after its student")
+            raise UsageError(f"student {sub.student!r} has two chapter-{sub.chapter} notebooks ({seen[key]} and "
+                             f"{sub.path}): {fix}, or pass --student {'file' if by == 'folder' else 'folder'}")
+        seen[key] = sub.path
+    return submissions
+
+
+def check_csv(out: str | None, overwrite: bool) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out)
+    if path.is_dir():
+        raise UsageError(f"--csv {out}: that is a folder; give a file name, e.g. {path / 'grades.csv'}")
+    if path.exists() and not overwrite:
+        raise UsageError(f"--csv {out} exists; pass --overwrite to replace it, or choose another file")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"--csv {out}: folder {folder} does not exist; create it or choose another place")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--csv {out}: cannot write there (permission denied); choose a writable place")
+    return path
+
+
+# --- running one notebook -----------------------------------------------------------------------
+def kernel_env(full: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    if not full:
+        env["DEEPSEEK_SCRATCH_FAST"] = "1"
+    env.setdefault("MPLBACKEND", "Agg")                # plots need no display
+    env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return env
+
+
+def _first_error(cell) -> str | None:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "error":
+            return f"{out.get('ename', 'Error')}: {str(out.get('evalue', '')).strip()}"[:200]
+    return None
+
+
+TIMED_OUT = "GraderTimeout"
+
+
+def _run(client, cell, index: int, seconds: float) -> bool:
+    """Execute one cell with a time limit; False if it was cut off. On the limit nbclient interrupts the
+    kernel and hands back a synthetic error reply (error_on_timeout), so no stale reader is left behind to
+    swallow the next cell's output; the reply seen by `on_cell_executed` says which happened."""
+    client.timeout = max(1, math.ceil(seconds))
+    client.execute_cell(cell, index, store_history=False)
+    return client.last_reply.get("content", {}).get("ename") != TIMED_OUT
+
+
+def _execute_extra(client, cell, seconds: float) -> bool:
+    """Run a cell of the grader's own: appended to the (copied) notebook, since nbclient addresses cells
+    by their index."""
+    client.nb.cells.append(cell)
+    return _run(client, cell, len(client.nb.cells) - 1, seconds)
+
+
+def _responds(client) -> bool:
+    """After a time limit: does the kernel answer again (did the interrupt stop the cell)?"""
+    import nbformat
+
+    return _execute_extra(client, nbformat.v4.new_code_cell("pass"), 30)
+
+
+def _result_of(cell, marker: str) -> dict | None:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream":
+            for line in out.get("text", "").splitlines():
+                if line.startswith(marker):
+                    return json.loads(line[len(marker):])
+    return None
+
+
+def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: bool) -> Graded:
+    """Run the notebook in a fresh kernel and check every exercise of its chapter (never raises)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
+    graded = Graded(sub)
+    exercises = chapter_exercises(sub.chapter)
+    start = time.monotonic()
+
+    def fail_rest(why: str) -> None:
+        for eid, ex in exercises.items():
+            graded.results.setdefault(eid, {"status": FAIL, "points": 0, "max_points": ex.points, "detail": why,
+                                            "written": ex.written})
+
+    if sub.nb is None:
+        fail_rest(f"not graded: {sub.problem}")
+        graded.notes.append(sub.problem)
+        return graded
+    nb = nbformat.from_dict(json.loads(json.dumps(sub.nb)))           # a copy: outputs go here, not to the file
+    client = NotebookClient(nb, kernel_name="python3", allow_errors=True, record_timing=False,
+                            shutdown_kernel="immediate", interrupt_on_timeout=True, iopub_timeout=10,
+                            error_on_timeout={"ename": TIMED_OUT, "evalue": "time limit", "traceback": []},
+                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+    client.last_reply = {}
+
+    def remember(cell, cell_index, execute_reply):
+        client.last_reply = execute_reply
+
+    client.on_cell_executed = remember
+    stage = "starting its kernel"
+    try:
+        with client.setup_kernel(env=kernel_env(full)):
+            stage = "running it"
+            responsive = True
+            deadline = start + timeout
+            for index, cell in enumerate(nb.cells):
+                if cell.cell_type != "code" or COLAB_TAGS & set(cell.metadata.get("tags", [])):
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    graded.notes.append(f"ran out of its {timeout:g} s before cell {index}; the rest was skipped")
+                    break
+                if not _run(client, cell, index, left):
+                    graded.notes.append(f"cell {index} was still running after {timeout:g} s (the notebook's time "
+                                        "limit): interrupted there, the rest skipped")
+                    responsive = _responds(client)
+                    break
+                if (error := _first_error(cell)) and not any(n.startswith("cell ") and "raised" in n
+                                                             for n in graded.notes):
+                    graded.notes.append(f"cell {index} raised {error}")
+            stage = "checking its exercises"
+            marker = f"@@grade-{secrets.token_hex(8)}@@"
+            for eid, ex in exercises.items():
+                if not responsive:
+                    fail_rest("not graded: the notebook's kernel stopped responding (a cell that ignores "
+                              "interrupts?)")
+                    break
+                cell = nbformat.v4.new_code_cell(f"import exercises as _exercises\n"
+                                                 f"_exercises._report_for_grader({eid!r}, {marker!r})")
+                if not _execute_extra(client, cell, check_timeout):
+                    graded.results[eid] = {"status": FAIL, "points": 0, "max_points": ex.points, "written": ex.written,
+                                           "detail": f"the check did not finish within {check_timeout:g} s (an "
+                                                     "endless loop?)"}
+                    responsive = _responds(client)
+                    continue
+                result = _result_of(cell, marker)
+                if result is None:
+                    why = _first_error(cell) or "no output"
+                    result = {"status": FAIL, "points": 0, "max_points": ex.points, "written": ex.written,
+                              "detail": f"could not be checked ({why})"}
+                graded.results[eid] = result
+    except DeadKernelError:
+        graded.notes.append(f"the kernel died while {stage}")
+        fail_rest(f"not graded: the notebook's kernel died while {stage} (os._exit, a crash, or out of memory)")
+    except Exception as err:                           # the kernel did not start, or nbclient failed: still a row
+        graded.notes.append(f"failed while {stage}: {type(err).__name__}: {err}"[:200])
+        fail_rest(f"not graded: the grader failed while {stage} ({type(err).__name__})")
+    graded.seconds = time.monotonic() - start
+    return graded
+
+
+# --- rows, table, CSV ---------------------------------------------------------------------------
+def rows_of(all_graded: list[Graded]) -> list[dict]:
+    rows, by_student = [], {}
+    for graded in all_graded:
+        by_student.setdefault(graded.submission.student, []).append(graded)
+    for student in sorted(by_student):
+        earned = possible = passed = auto = written_points = 0
+        notes = []
+        for graded in sorted(by_student[student], key=lambda g: g.submission.chapter or 0):
+            sub = graded.submission
+            chapter = sub.chapter if sub.chapter is not None else ""
+            if sub.chapter is None:
+                rows.append(dict(student=student, chapter="", exercise="", kind="", status="NOT GRADED", points=0,
+                                 max_points=0, hint=sub.problem, answer="", notebook=str(sub.path)))
+                notes.append(f"{sub.path.name}: {sub.problem}")
+                continue
+            for eid, ex in chapter_exercises(sub.chapter).items():
+                r = graded.results[eid]
+                row = dict(student=student, chapter=chapter, exercise=eid, kind="written" if ex.written else "code",
+                           status=r["status"], max_points=ex.points, notebook=str(sub.path))
+                if ex.written:
+                    written_points += ex.points
+                    answered = r["status"] == ANSWERED
+                    row.update(points="", hint="" if answered else r["detail"], answer=r["detail"] if answered else "")
+                else:
+                    auto += 1
+                    passed += r["status"] == PASS
+                    earned += r["points"]
+                    possible += ex.points
+                    row.update(points=r["points"], hint=r["detail"], answer="")
+                rows.append(row)
+            notes += [f"chapter {chapter}: {note}" for note in graded.notes]
+        summary = f"{passed} of {auto} exercises passed"
+        if written_points:
+            summary += f"; written answers worth up to {written_points} points are for you to score"
+        rows.append(dict(student=student, chapter="", exercise="total", kind="", status=summary, points=earned,
+                         max_points=possible, hint="; ".join(notes), answer="", notebook=""))
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Atomically: a half-written file never replaces a good one."""
+    fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _short(text: str, width: int) -> str:
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'student':<16} {'ex':<5} {'status':<14} {'points':>7}  hint / written answer"]
+    for row in rows:
+        if row["exercise"] == "total":
+            summary = row["status"] + ("; " + row["hint"] if row["hint"] else "")
+            lines.append(f"{_short(row['student'], 16):<16} {'total':<5} {'':<14} "
+                         f"{row['points']:>3}/{row['max_points']:<3}  {_short(summary, 90)}")
+            lines.append("")
+            continue
+        points = "written" if row["kind"] == "written" else f"{row['points']}/{row['max_points']}"
+        note = row["answer"] or row["hint"]
+        lines.append(f"{_short(row['student'], 16):<16} {row['exercise']:<5} {row['status']:<14} {points:>7}  "
+                     f"{_short(note, 90)}")
+    return "\n".join(lines).rstrip()
+
+
+# --- command line ---------------------------------------------------------------------------------
+def build_parser() -> CommandLine:
+    parser = CommandLine(prog="python -m exercises grade",
+                         description="Run submitted chapter notebooks and grade their exercises "
+                                     "(see docs/teaching.md).")
+    parser.add_argument("paths", nargs="+", metavar="NOTEBOOK_OR_FOLDER",
+                        help="submitted notebooks, or folders holding them (searched recursively)")
+    parser.add_argument("--csv", metavar="OUT", help="also write the rows to this CSV file")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists")
+    parser.add_argument("--student", choices=("folder", "file"), default="folder",
+                        help="name students by the folder a notebook is in, or by its file name")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds each notebook may run before the running cell is interrupted")
+    parser.add_argument("--check-timeout", type=float, default=120.0, help="seconds each exercise's check may take")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="notebooks graded at the same time (each in its own kernel); more needs more cores")
+    parser.add_argument("--full", action="store_true",
+                        help="run the notebooks in reading mode (default: DEEPSEEK_SCRATCH_FAST=1, the CI sizes)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.timeout <= 0 or args.check_timeout <= 0:
+            raise UsageError("--timeout and --check-timeout must be > 0 seconds")
+        if args.jobs < 1:
+            raise UsageError(f"--jobs {args.jobs}: must be at least 1")
+        csv_path = check_csv(args.csv, args.overwrite)
+        submissions = collect(args.paths, args.student)
+    except UsageError as err:
+        parser.error(str(err))
+    def grade_one(sub: Submission) -> Graded:
+        label = f"{sub.student}: {sub.path.name}" + (f" (chapter {sub.chapter})" if sub.chapter else "")
+        if sub.chapter is None:
+            print(f"{label}: {sub.problem}", file=sys.stderr, flush=True)
+            return Graded(sub, notes=[sub.problem])
+        graded = grade_notebook(sub, args.timeout, args.check_timeout, args.full)
+        print(f"graded {label} in {graded.seconds:.1f} s", file=sys.stderr, flush=True)
+        return graded
+
+    # threads are enough: each notebook runs in its own kernel process; the grader only waits on them
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        graded = list(pool.map(grade_one, submissions))
+    rows = rows_of(graded)
+    print(table(rows))
+    if csv_path is not None:
+        write_csv(rows, csv_path)
+        print(f"\nwrote {len(rows)} rows to {csv_path}")
+    return 0

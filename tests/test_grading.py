@@ -1,0 +1,124 @@
+"""python -m exercises grade: a notebook that crashes, hangs, loops in a check, kills its kernel or is not a
+notebook at all is still graded (the others too), each failure says why; bad input is one line, exit 2, before
+any kernel starts, and loses nothing."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import nbformat
+import pytest
+
+from exercises.grade import main
+
+MASK = "def my_causal_mask(T, S):\n    return torch.ones(T, S, dtype=torch.bool).tril(diagonal=S - T)"
+
+
+def write_notebook(path, *sources, chapter=1):
+    """A small chapter-`chapter` notebook whose code cells are `sources`, never run (no outputs)."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["deepseek_from_scratch"] = {"chapter": chapter}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
+
+
+def test_crash_hang_endless_check_and_dead_kernel_are_all_graded(tmp_path, capsys):
+    subs = tmp_path / "submissions"
+    # crash: a cell raises, later cells still run; the 1.3 answer never returns (its check is cut off)
+    write_notebook(subs / "crash" / "01_attention_and_kv_cache.ipynb", "import torch", MASK,
+                   'raise RuntimeError("boom")',
+                   "def gqa_decode_step(q, k_cache, v_cache):\n    while True:\n        pass",
+                   'answer_1_4 = "GQA lets groups of query heads share keys and values."')
+    # hang: a cell sleeps past the notebook's time limit; what came before it is graded
+    write_notebook(subs / "hang" / "01_attention_and_kv_cache.ipynb", "import torch", MASK,
+                   "import time\ntime.sleep(600)", "def gqa_decode_step(q, k, v):\n    return q")
+    # dead: the kernel exits
+    write_notebook(subs / "dead" / "01_attention_and_kv_cache.ipynb", "import torch", MASK, "import os\nos._exit(1)")
+    # not a notebook: a row for every exercise all the same
+    (subs / "junk").mkdir()
+    (subs / "junk" / "01_attention_and_kv_cache.ipynb").write_text("{ not json")
+    out = tmp_path / "grades.csv"
+
+    start = time.monotonic()
+    assert main([str(subs), "--csv", str(out), "--timeout", "20", "--check-timeout", "8", "--jobs", "3"]) == 0
+    elapsed = time.monotonic() - start
+    rows = read_rows(out)
+    printed = capsys.readouterr().out
+
+    assert rows["crash", "1.1"]["status"] == "PASS" and rows["crash", "1.1"]["points"] == "2"
+    assert rows["crash", "1.2"]["status"] == "FAIL"
+    assert "linear_attention_step is not defined" in rows["crash", "1.2"]["hint"]
+    assert rows["crash", "1.3"]["status"] == "FAIL" and "did not finish within 8 s" in rows["crash", "1.3"]["hint"]
+    assert rows["crash", "1.4"]["status"] == "ANSWERED"                      # graded after the interrupted check
+    assert rows["crash", "1.4"]["answer"].startswith("GQA lets groups")
+    assert "RuntimeError: boom" in rows["crash", "total"]["hint"]
+    assert rows["crash", "total"]["points"] == "2" and rows["crash", "total"]["max_points"] == "10"
+
+    assert rows["hang", "1.1"]["status"] == "PASS"
+    assert "still running after 20 s" in rows["hang", "total"]["hint"]
+    assert rows["hang", "1.3"]["status"] == "FAIL" and "gqa_decode_step is not defined" in rows["hang", "1.3"]["hint"]
+
+    assert all(rows["dead", e]["status"] == "FAIL" and "kernel died" in rows["dead", e]["hint"]
+               for e in ("1.1", "1.2", "1.3", "1.4"))
+    assert all(rows["junk", e]["status"] == "FAIL" and "not a readable notebook" in rows["junk", e]["hint"]
+               for e in ("1.1", "1.4"))
+    assert rows["junk", "total"]["points"] == "0"
+
+    assert elapsed < 120, f"the grader took {elapsed:.0f} s"                 # the hang was cut at 20 s
+    for student in ("crash", "hang", "dead", "junk"):                         # the printed table has every student
+        assert f"\n{student:<16} total" in "\n" + printed
+
+
+def test_students_are_named_by_file_with_student_file(tmp_path):
+    subs = tmp_path / "flat"
+    write_notebook(subs / "ann.ipynb", "import torch", MASK)
+    write_notebook(subs / "ben.ipynb", "import torch")
+    assert main([str(subs), "--student", "file", "--csv", str(tmp_path / "g.csv"), "--jobs", "2"]) == 0
+    rows = read_rows(tmp_path / "g.csv")
+    assert {student for student, _ in rows} == {"ann", "ben"}
+    assert rows["ann", "1.1"]["status"] == "PASS"
+    assert rows["ben", "1.1"]["status"] == "FAIL" and "is not defined" in rows["ben", "1.1"]["hint"]
+
+
+@pytest.mark.parametrize("case", ["missing path", "not a notebook", "empty folder", "csv in a missing folder",
+                                  "csv is a folder", "csv exists", "same chapter twice", "bad timeout", "bad jobs"])
+def test_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
+    subs = tmp_path / "subs"
+    write_notebook(subs / "amy" / "01_attention_and_kv_cache.ipynb", "import torch")
+    existing = tmp_path / "grades.csv"
+    existing.write_text("earlier grades\n")
+    args = {
+        "missing path": [str(tmp_path / "nowhere")],
+        "not a notebook": [str(existing)],
+        "empty folder": [str(tmp_path / "empty")],
+        "csv in a missing folder": [str(subs), "--csv", str(tmp_path / "no" / "such" / "grades.csv")],
+        "csv is a folder": [str(subs), "--csv", str(subs)],
+        "csv exists": [str(subs), "--csv", str(existing)],
+        "same chapter twice": [str(subs), str(write_notebook(subs / "amy" / "copy_01_x.ipynb", "import torch"))],
+        "bad timeout": [str(subs), "--timeout", "0"],
+        "bad jobs": [str(subs), "--jobs", "0"],
+    }[case]
+    (tmp_path / "empty").mkdir()
+    start = time.monotonic()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    lines = err.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m exercises grade: error: "), err.err
+    assert err.out == "" and "graded" not in err.err                          # no notebook was run
+    assert time.monotonic() - start < 5
+    assert existing.read_text() == "earlier grades\n"                          # nothing lost
+    expected = {"missing path": "no such file or folder", "not a notebook": "not a notebook (.ipynb)",
+                "empty folder": "no .ipynb file", "csv in a missing folder": "does not exist",
+                "csv is a folder": "that is a folder", "csv exists": "pass --overwrite",
+                "same chapter twice": "two chapter-1 notebooks", "bad timeout": "must be > 0",
+                "bad jobs": "must be at least 1"}[case]
+    assert expected in lines[0]
