@@ -31,6 +31,7 @@ import math
 import os
 import re
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -223,7 +224,8 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
     client.on_cell_executed = remember
     stage = "starting its kernel"
     try:
-        with client.setup_kernel(env=kernel_env(full)):
+        # the kernel's own stderr is its start-up chatter; what the notebook prints arrives as cell output
+        with client.setup_kernel(env=kernel_env(full), stderr=subprocess.DEVNULL):
             stage = "running it"
             responsive = True
             deadline = start + timeout

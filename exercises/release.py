@@ -1,8 +1,8 @@
 """python -m exercises release OUT_DIR: the copy of this project a teacher hands to students.
 
 What differs from the project:
-- no `notebooks/solutions/`, and none of the tests that hold right answers (tests/test_exercises_chNN.py,
-  the release and grading tests);
+- no `notebooks/solutions/`, and none of the tests that hold right answers (tests/test_exercises_*.py,
+  tests/exercise_checks.py, the release and grading tests);
 - every exercise cell of the chapter notebooks is reset to its stub (the signature and its comments,
   then `raise NotImplementedError`; a written answer to an empty string), and the check and score
   cells show what an untouched stub prints, so a teacher who tried the exercises in their copy hands
@@ -36,7 +36,7 @@ from exercises.notebook import chapter_of, defines_answer, score_outputs, stub_c
 
 ROOT = Path(__file__).resolve().parent.parent
 # Files that hold answers (or test them with answers): not for students.
-EXCLUDED = ("notebooks/solutions/", "tests/test_exercises_ch", "tests/exercise_checks.py", "tests/test_grading.py",
+EXCLUDED = ("notebooks/solutions/", "tests/test_exercises_", "tests/exercise_checks.py", "tests/test_grading.py",
             "tests/test_release.py")
 # Outside git: what never belongs in a copy (the .gitignore's entries, plus the repository itself).
 SKIPPED_PARTS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints",

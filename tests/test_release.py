@@ -61,9 +61,10 @@ def release(tmp_path_factory):
 
 def test_the_release_holds_no_answers(release):
     assert not (release / "notebooks" / "solutions").exists()
-    assert not list((release / "tests").glob("test_exercises_ch*.py"))
+    assert not list((release / "tests").glob("test_exercises_*.py"))
     assert not (release / "tests" / "test_release.py").exists()
     assert not (release / "tests" / "exercise_checks.py").exists()
+    assert not [p.name for p in (release / "tests").rglob("*.py") if "solutions" in p.read_text()]
     assert (release / "exercises" / "grade.py").is_file() and (release / "components").is_dir()
     assert (release / "README.md").read_text().startswith("> **Student release.**")
     # no line of a solution's answer (30 characters or more) appears in the checkers
