@@ -29,17 +29,20 @@ class Delegated(AssertionError):
     """The answer called a library function that the exercise asks the student to write."""
 
 
-def _innermost(fn) -> Callable:
-    """The plain function behind a method, a decorator (functools.wraps) or a staticmethod."""
-    fn = getattr(fn, "__func__", fn)
-    fn = inspect.unwrap(fn)
-    if not inspect.isfunction(fn):
-        raise TypeError(f"cannot switch off {fn!r}: not a Python function")
-    return fn
+def _innermost(fn) -> Callable | None:
+    """The plain function behind a method, a decorator (functools.wraps) or a staticmethod; None for a
+    builtin (C) function, whose code cannot be swapped (a torch upgrade could turn one into that: the
+    check then goes on without switching it off, rather than failing every answer)."""
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    return fn if inspect.isfunction(fn) else None
+
+
+def _functions(functions: Sequence[Callable]) -> list[Callable]:
+    return list({id(f): f for f in map(_innermost, functions) if f is not None}.values())
 
 
 def label(fn) -> str:
-    fn = _innermost(fn)
+    fn = _innermost(fn) or fn
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
@@ -63,7 +66,7 @@ def switched_off(functions: Sequence[Callable], hint: str) -> Iterator[list[str]
     hits: list[str] = []
     swapped, touched_globals = [], []
     try:
-        for fn in {id(f): f for f in map(_innermost, functions)}.values():
+        for fn in _functions(functions):
             stub = _stub_code(fn, label(fn), hint)
             globals_ = fn.__globals__
             if _HITS not in globals_:
@@ -82,7 +85,7 @@ def switched_off(functions: Sequence[Callable], hint: str) -> Iterator[list[str]
 def forbidding(answer: Callable, functions: Sequence[Callable], hint: Callable[[list[str]], str]) -> Callable:
     """`answer`, wrapped: each call runs with `functions` switched off; a call to one of them (even a
     caught one) makes the call raise Delegated(hint(names called)). NotImplementedError (a stub) passes."""
-    originals = {_innermost(f).__code__: label(f) for f in functions}
+    originals = {f.__code__: label(f) for f in _functions(functions)}
     if getattr(answer, "__code__", None) in originals:        # the answer IS the library function
         raise Delegated(hint([originals[answer.__code__]]))
 
