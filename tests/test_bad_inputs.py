@@ -457,7 +457,10 @@ def test_real_sigint_during_generation_keeps_the_session(gpt2_checkpoint):
     proc = subprocess.Popen([sys.executable, "inference.py", "--model_path", str(gpt2_checkpoint), "--interactive",
                              "--max_new_tokens", "100000000"], cwd=Path(__file__).resolve().parents[1],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+                            env=os.environ | {"OMP_NUM_THREADS": "1"},
+                            # a terminal's Ctrl-C reaches the child even when pytest itself was started in the
+                            # background (`cmd &` in a script ignores SIGINT, and children inherit that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().startswith("loaded ")
         assert proc.stdout.readline().startswith("interactive mode")
