@@ -702,3 +702,24 @@ def plot_run_dir(run_dir, out=None):
                             lambda handle: fig.savefig(handle, format="png", dpi=110))
     finally:
         plt.close(fig)
+
+
+def plot_cli(argv: list[str] | None = None) -> int:
+    """`python -m trainer plot RUN_DIR`: draw a finished or running run's metrics.jsonl into a PNG beside it."""
+    import sys
+
+    from cli import CommandLine
+
+    parser = CommandLine(prog="python -m trainer", description="Tools for a training run's output directory.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandLine)
+    plot = commands.add_parser("plot", help="train/val loss, lr, grad norm and expert load per layer -> a PNG")
+    plot.add_argument("run_dir", help="the --out directory of a train.py run (holds metrics.jsonl)")
+    plot.add_argument("--out", metavar="PNG", help="where to write the figure (default RUN_DIR/metrics.png)")
+    args = parser.parse_args(argv)
+    try:
+        path = plot_run_dir(args.run_dir, args.out)
+    except (OSError, ValueError) as err:
+        print(f"python -m trainer plot: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

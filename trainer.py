@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -52,6 +52,7 @@ from distributed import (
     wrap_ddp,
 )
 from precision import backward, choose_precision, optimizer_step, unscale_and_clip
+from run_checkpoints import RunCheckpoints
 from run_log import RunLog
 from schedule import CosineSchedule, TimeBudget
 from train_config import TrainConfig
@@ -76,32 +77,6 @@ class NonFiniteLossError(RuntimeError):
     def at(self, step: int, last_good: str | None, note: str | None = None) -> NonFiniteLossError:
         """The same error, saying at which step and which checkpoint to resume from."""
         return NonFiniteLossError(self.values, step, last_good, note)
-
-
-PREVIOUS_CHECKPOINT = "previous.pt"      # the save before latest.pt, for a rollback after a non-finite loss
-
-
-def keep_previous(latest: Path, ours: bool) -> None:
-    """Before latest.pt is replaced, keep it as previous.pt: a hard link (no copy; latest.pt never missing).
-
-    Only a latest.pt this run wrote or resumed from (`ours`); an earlier run's previous.pt in a folder
-    that --overwrite reuses is removed, so a rollback can never land in another run.
-    """
-    previous = latest.with_name(PREVIOUS_CHECKPOINT)
-    if not ours or not latest.exists():
-        if not ours:
-            with suppress(FileNotFoundError):
-                previous.unlink()
-        return
-    tmp = latest.with_name(f".{PREVIOUS_CHECKPOINT}.{os.getpid()}.tmp")    # a stale one is cleaned at start-up
-    try:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        os.link(latest, tmp)
-        os.replace(tmp, previous)                # atomic: previous.pt is the old or the new one, never half
-    except OSError:                              # no hard links on this filesystem: no rollback point
-        with suppress(OSError):
-            tmp.unlink()
 
 
 # --- the optimizer ----------------------------------------------------------------------------------
@@ -345,9 +320,9 @@ class Trainer:
         n_train = None if self.train_ids is None else len(self.train_ids)
         self.budget_steps = budget_horizon(cfg, n_train, self.tokens_per_step)     # None: only time limits it
         self.schedule = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, self.budget_steps)
-        self.step, self.best_val_loss, self.last_val_loss, self.last_saved, self.samples = 0, math.inf, None, None, []
-        self.saved_step: int | None = None               # step of the latest.pt this run wrote or resumed from
+        self.step, self.best_val_loss, self.last_val_loss, self.samples = 0, math.inf, None, []
         self.out_dir = Path(cfg.out_dir) if cfg.out_dir else None
+        self.checkpoints = RunCheckpoints(self.out_dir if self.dist.is_main else None)   # latest / previous / best
         path = self.out_dir / "metrics.jsonl" if self.out_dir and self.dist.is_main else None
         self.log = RunLog(path, quiet=cfg.quiet or not self.dist.is_main)
         self.metrics = self.log.rows                      # the logged rows (see run_log.py)
@@ -391,7 +366,7 @@ class Trainer:
                                      device=self.device, dist_info=self.dist, autocast=self._autocast,
                                      scaler=self.scaler)
                 except NonFiniteLossError as err:
-                    raise err.at(self.step + 1, *self._last_good_checkpoint()) from None
+                    raise err.at(self.step + 1, *self.checkpoints.roll_back(self.step)) from None
                 self.step, steps_done = self.step + 1, steps_done + 1
                 train_s += time.perf_counter() - step_started
                 self.log.bar.update(1)
@@ -481,9 +456,7 @@ class Trainer:
         else:
             self.log.say(f"warning: {path} was written by {len(ckpt.get('data', []))} process(es), this run has "
                          f"{self.dist.world_size}; the data order restarts from the seed")
-        self.last_saved = f"{path} (step {self.step})"
-        if self.out_dir and Path(path) == self.out_dir / "latest.pt":
-            self.saved_step = self.step                   # latest.pt is this run's: previous.pt may follow it
+        self.checkpoints.resumed_from(path, self.step)
         self.log.keep_until(self.step)
         self.log.say(f"resumed from {path} at step {self.step}")
 
@@ -492,75 +465,25 @@ class Trainer:
                 "world_size": self.dist.world_size, "tokens": self.step * self.tokens_per_step}
 
     def save_latest(self) -> int:
-        """Write out_dir/latest.pt (resumable); collective under DDP. Weights that are not all finite are not
-        saved: the previous latest.pt stays the last good checkpoint, and the message names it."""
-        ckpt = self.state_dict()
-        if self.out_dir and self.dist.is_main:
-            if bad := [name for name, t in ckpt["model"].items() if t.is_floating_point() and not t.isfinite().all()]:
-                self.log.say(f"warning: step {self.step}: non-finite weights ({', '.join(bad[:3])}); latest.pt not "
-                             f"overwritten, the last good checkpoint is {self.last_saved or 'none yet'}")
-                return self.step
-            latest = self.out_dir / "latest.pt"
-            keep_previous(latest, ours=self.saved_step is not None)
-            path = ckpt_io.atomic_save(ckpt, latest)
-            self.last_saved, self.saved_step = f"{path} (step {self.step})", self.step
+        """Write out_dir/latest.pt (resumable; never with non-finite weights); collective under DDP."""
+        self.checkpoints.save_latest(self.state_dict(), self.step, self.log.say)
         return self.step
 
-    def _last_good_checkpoint(self) -> tuple[str | None, str | None]:
-        """(checkpoint to resume from, note) after a non-finite loss at step self.step + 1.
-
-        If latest.pt holds exactly the weights whose loss just came out non-finite, resuming from it
-        replays the same batch (sampler and RNG are restored) through the same weights: the same loss,
-        whatever the lr. The save before it, previous.pt, is the last one whose next loss was finite:
-        it becomes latest.pt again, so that --resume starts from it.
-        """
-        if not (self.out_dir and self.dist.is_main and self.saved_step == self.step):
-            return self.last_saved, None
-        latest, previous = self.out_dir / "latest.pt", self.out_dir / PREVIOUS_CHECKPOINT
-        note = (f"latest.pt held the weights of step {self.step}, which produced this loss "
-                "(resuming from them repeats it)")
-        try:
-            step = int(ckpt_io.load_checkpoint(previous)["step"])
-            os.replace(previous, latest)
-        except (OSError, ckpt_io.CheckpointError, KeyError, TypeError, ValueError):
-            return None, note + "; no earlier checkpoint of this run was kept"
-        self.saved_step, self.last_saved = step, f"{latest} (step {step})"
-        return self.last_saved, note + f", so it was rolled back to the save of step {step}"
+    @property
+    def last_saved(self) -> str | None:                       # "path (step N)" of the last good latest.pt
+        return self.checkpoints.last_saved
 
     def _save_best(self, val_loss: float | None) -> None:
-        if self.out_dir:
-            ckpt = ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind="best", train_config=self.cfg.to_dict(),
-                                           trainer=self._progress() | {"val_loss": val_loss})
-            ckpt_io.atomic_save(ckpt, self.out_dir / "best_model.pt")
-            ckpt_io.save_safetensors(ckpt, self.out_dir / "best_model.safetensors")   # + best_model.json
+        if self.checkpoints.out_dir:
+            self.checkpoints.save_best(ckpt_io.make_checkpoint(
+                self.raw_model, step=self.step, kind="best", train_config=self.cfg.to_dict(),
+                trainer=self._progress() | {"val_loss": val_loss}))
 
     def close(self) -> None:                                  # leave the process group if we joined it
         close_distributed(self.dist)
 
 
-# --- python -m trainer plot RUN_DIR ---------------------------------------------------------------------
+if __name__ == "__main__":          # python -m trainer plot RUN_DIR: a run's metrics.jsonl -> PNG
+    from plotting import plot_cli
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m trainer plot RUN_DIR`: draw a finished or running run's metrics.jsonl into a PNG beside it."""
-    import sys
-
-    from cli import CommandLine
-    from plotting import plot_run_dir
-
-    parser = CommandLine(prog="python -m trainer", description="Tools for a training run's output directory.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandLine)
-    plot = commands.add_parser("plot", help="train/val loss, lr, grad norm and expert load per layer -> a PNG")
-    plot.add_argument("run_dir", help="the --out directory of a train.py run (holds metrics.jsonl)")
-    plot.add_argument("--out", metavar="PNG", help="where to write the figure (default RUN_DIR/metrics.png)")
-    args = parser.parse_args(argv)
-    try:
-        path = plot_run_dir(args.run_dir, args.out)
-    except (OSError, ValueError) as err:
-        print(f"python -m trainer plot: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(plot_cli())
