@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"run_notebooks.py: error: no such notebook: {', '.join(missing)}", file=sys.stderr)
         return 2
+    # the kernels must draw with Jupyter's inline backend, or plt.show() embeds no figure in the outputs
+    # (CI sets MPLBACKEND=Agg for its own runs, which compare text only)
+    os.environ.pop("MPLBACKEND", None)
     mode = "FAST" if os.environ.get(FAST_ENV_VAR) == "1" else "reading"
     times = {}
     for path in paths:
