@@ -118,7 +118,7 @@ class CosineSchedule:
     """
 
     def __init__(self, peak_lr: float, warmup_steps: int, min_lr_ratio: float, horizon: int | None):
-        self.peak_lr, self.requested_warmup, self.min_lr_ratio = peak_lr, warmup_steps, min_lr_ratio
+        self.peak_lr, self.min_lr_ratio = peak_lr, min_lr_ratio
         self.horizon: int | None = None
         self.warmup_steps = warmup_steps
         self.set_horizon(horizon)
