@@ -30,6 +30,7 @@ from run_log import TensorBoardLog
 from trainer import NonFiniteLossError, TrainConfig
 
 DEFAULT_PRESET = "small"
+TRAIN_DEFAULTS = TrainConfig()      # the defaults the help states
 DEFAULT_TIME_BUDGET_MIN = 10.0      # README promise: `python train.py` ends on a 2-core CPU in <= 15 min
 # flag -> TrainConfig field, for the flags that map one-to-one
 TRAIN_FLAGS = {"max_steps": "max_steps", "epochs": "epochs", "time_budget": "time_budget_min",
@@ -60,11 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, metavar="MIN",
                    help=f"wall-clock minutes of training; the lr schedule is fitted to it "
                         f"(default {DEFAULT_TIME_BUDGET_MIN:g} when no budget flag is given; 0 = no limit)")
-    p.add_argument("--batch-size", type=int, metavar="B", help="sequences per micro-batch (default 16)")
-    p.add_argument("--grad-accum", type=int, metavar="K", help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--eval-every", type=int, metavar="N", help="steps between validation runs (default 200)")
-    p.add_argument("--save-every", type=int, metavar="N", help="steps between latest.pt saves (default 200)")
+    p.add_argument("--batch-size", type=int, metavar="B",
+                   help=f"sequences per micro-batch (default {TRAIN_DEFAULTS.batch_size})")
+    p.add_argument("--grad-accum", type=int, metavar="K",
+                   help=f"micro-batches per optimizer step (default {TRAIN_DEFAULTS.grad_accum})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {TRAIN_DEFAULTS.lr:g})")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help=f"steps between validation runs (default {TRAIN_DEFAULTS.eval_every})")
+    p.add_argument("--save-every", type=int, metavar="N",
+                   help=f"steps between latest.pt saves (default {TRAIN_DEFAULTS.save_every})")
     p.add_argument("--seed", type=int, help=f"model init and batch order (default {SEED}; the split is fixed)")
     p.add_argument("--device", help="auto (cuda -> mps -> cpu), cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"),
