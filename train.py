@@ -346,6 +346,8 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     say(f"\ndone: {summary['steps']} steps ({summary['stopped_because']}), {summary['tokens']:,} tokens, "
         f"{summary['tokens_per_s']:,.0f} tokens/s")
     say(f"final val loss {fmt(summary['final_val_loss'])} | best val loss {fmt(summary['best_val_loss'])}")
+    if info.is_main and not train_cfg.quiet and trainer.val_ids is not None and train_cfg.eval_batches is not None:
+        say(whole_split_line(trainer, train_cfg))
     say(f"checkpoints: {train_cfg.out_dir}/best_model.pt, {train_cfg.out_dir}/latest.pt; "
         f"metrics: {summary['metrics_path']}")
     for sample in summary["samples"]:
@@ -353,6 +355,20 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
             text = re.sub(r"\s*\n\s*", "\n", sample["prompt"] + sample["text"]).strip()   # no runs of blank lines
             say(f"\n--- {text}")
     return 0
+
+
+def whole_split_line(trainer, train_cfg: TrainConfig) -> str:
+    """The final model's loss on the whole validation split: the number to compare across runs. The
+    evaluations during training cover only the first `eval_batches` batches, so their windows change with
+    the batch size (20 batches of 8 sequences are 37% of the essays' validation tokens, of 16 75%)."""
+    from trainer import evaluate
+
+    result = evaluate(trainer.raw_model, trainer.val_ids, batch_size=train_cfg.batch_size,
+                      context_length=trainer.model_cfg.context_length, max_batches=None, device=trainer.device,
+                      autocast=trainer.precision.autocast)
+    n_tokens = (len(trainer.val_ids) - 1) // trainer.model_cfg.context_length * trainer.model_cfg.context_length
+    return (f"final model on the whole validation split ({n_tokens:,} tokens): val loss {result['val_loss']:.4f} "
+            f"(ppl {result['val_ppl']:,.1f})")
 
 
 def _barrier() -> None:

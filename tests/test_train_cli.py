@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from training_helpers import write_corpus
 
 import train
 from checkpoint import load_checkpoint, load_model
 from constants import PRESETS, TINY
-from trainer import TrainConfig
+from data import prepare_data
+from trainer import TrainConfig, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,13 +81,24 @@ def test_bad_settings_exit_2_from_the_shell(tmp_path):
 def test_tiny_run_end_to_end_then_resume(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     common = ["--preset", "tiny", "--data", str(corpus), "--out", str(tmp_path / "run"), "--cache-dir",
-              str(tmp_path / "cache"), "--batch-size", "4", "--set", "sample_tokens=8"]
+              str(tmp_path / "cache"), "--batch-size", "4", "--set", "sample_tokens=8", "--set", "eval_batches=1"]
     result = run_cli(*common, "--max-steps", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.startswith("model (tiny):") and "train:" in out and "max_steps=3" in out
     assert "time_budget_min=None" in out
     assert "done: 3 steps (max_steps)" in out and "final val loss" in out and "best val loss" in out
+    # the final model on the whole validation split, evaluated again here from the saved weights
+    whole = re.search(r"final model on the whole validation split \(([\d,]+) tokens\): val loss ([\d.]+)", out)
+    assert whole, out[-2000:]
+    model, _ = load_model(tmp_path / "run" / "latest.pt")
+    val_ids = prepare_data(str(corpus), context_length=TINY.context_length, cache_dir=tmp_path / "cache",
+                           quiet=True).val_ids
+    expected = evaluate(model, val_ids, batch_size=4, context_length=TINY.context_length, max_batches=None,
+                        device=torch.device("cpu"))["val_loss"]
+    assert abs(float(whole.group(2)) - expected) < 5e-4      # printed to 4 decimals
+    assert (len(val_ids) - 1) // TINY.context_length > 4     # more windows than the one batch of 4 evaluated
+    assert int(whole.group(1).replace(",", "")) == (len(val_ids) - 1) // TINY.context_length * TINY.context_length
     assert "--- The best way to learn programming is" in out            # the samples come last
     run = tmp_path / "run"
     model, meta = load_model(run / "best_model.pt")
