@@ -27,7 +27,7 @@ from cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
 from run_log import TensorBoardLog
-from trainer import NonFiniteLossError, TrainConfig
+from trainer import NonFiniteLossError, TrainConfig, evaluate
 
 DEFAULT_PRESET = "small"
 TRAIN_DEFAULTS = TrainConfig()      # the defaults the help states
@@ -361,8 +361,6 @@ def whole_split_line(trainer, train_cfg: TrainConfig) -> str:
     """The final model's loss on the whole validation split: the number to compare across runs. The
     evaluations during training cover only the first `eval_batches` batches, so their windows change with
     the batch size (20 batches of 8 sequences are 37% of the essays' validation tokens, of 16 75%)."""
-    from trainer import evaluate
-
     result = evaluate(trainer.raw_model, trainer.val_ids, batch_size=train_cfg.batch_size,
                       context_length=trainer.model_cfg.context_length, max_batches=None, device=trainer.device,
                       autocast=trainer.precision.autocast)
