@@ -5,10 +5,11 @@
 #     bash docs/results/run_studies.sh [study ...]        # default: the learning-rate sweep, then all nine
 #     JOBS=2 bash docs/results/run_studies.sh             # two runs side by side (one thread each)
 #     EXTRA=--dry-run bash docs/results/run_studies.sh    # list the runs only
-# Budget: 983,040 tokens per run (480 optimizer steps of 16 x 128), seeds 0 1 2: about 70 distinct runs (the
-# base run is trained once and reused). Measured on a 2-core CPU with JOBS=2 while other work shared the
-# machine: 6.5-9 minutes a run, so the whole set takes about 4-5 hours; records resume, so it can be
-# spread over several sittings.
+# Budget: 983,040 tokens per run (480 optimizer steps of 16 x 128), seeds 0 1 2: 72 distinct runs (the
+# base run is trained once and reused). Measured on a 2-core CPU, one thread per run: a median of 3.3
+# minutes a run (2.4-14 minutes with the model and the machine's load), about 5 hours of single-thread
+# time in all, so about 2.5-3 hours of wall time with JOBS=2; records resume, so it can be spread over
+# several sittings.
 set -euo pipefail
 DATA=${DATA:-../shared/data/paul_graham_essays.csv}
 JOBS=${JOBS:-1}
