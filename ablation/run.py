@@ -42,6 +42,7 @@ from trainer import TrainConfig
 
 RECORD_VERSION = 1
 SERIES_POINTS = 100           # at most this many points of each over-time series go into a record
+STUDY_WEIGHT_DECAY = 0.1      # AdamW decay of every study run unless --set weight_decay=... (see below)
 # TrainConfig fields the harness sets itself (the rest may be overridden with --set / --grid)
 OWN_TRAIN_FIELDS = {"seed", "max_steps", "epochs", "time_budget_min", "out_dir", "quiet", "batch_size"}
 
@@ -187,9 +188,11 @@ def build_specs(args) -> list[RunSpec]:
                 steps = math.ceil(args.tokens / (args.batch_size * model_cfg.context_length
                                                  * t_over.get("grad_accum", 1)))
             planned = steps or 1000                         # a time budget: steps unknown, assume 1000
+            # the studies' own recipe: weight decay stays at 0.1 whatever train.py's default (tuned for SMALL's
+            # multi-epoch runs) is, so that the run keys and the committed records stay valid
             defaults = {"warmup_steps": max(1, planned // 10), "eval_every": max(1, math.ceil(planned / args.evals)),
                         "log_every": max(1, planned // SERIES_POINTS), "save_every": 0,
-                        "sample_tokens": 0, "device": "cpu"}
+                        "sample_tokens": 0, "device": "cpu", "weight_decay": STUDY_WEIGHT_DECAY}
             for seed in args.seeds:
                 train_cfg = TrainConfig(**(defaults | t_over), batch_size=args.batch_size, max_steps=steps,
                                         time_budget_min=args.time_budget, seed=seed, out_dir=None, quiet=True)

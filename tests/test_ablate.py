@@ -9,6 +9,7 @@ unknown keys must fail with one line before any work. Everything in tmp_path, CP
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 
 from ablation import report as ablation_report
 from ablation import run as ablate
-from constants import DATA_DIR
+from constants import DATA_DIR, PROJECT_ROOT
 
 pytestmark = pytest.mark.usefixtures("offline_no_data_env")
 
@@ -187,3 +188,21 @@ def test_fill_tables_rewrites_only_the_marked_blocks(tmp_path):
     before = text
     ablation_report.fill_tables(doc, tmp_path / "results")
     assert doc.read_text() == before                                  # idempotent
+
+
+def test_committed_records_are_what_their_own_command_builds_today():
+    """A changed default (e.g. train.py's tuned recipe) must not silently invalidate docs/results/: every
+    committed record's model and train configs equal what its own command builds now, so the run keys
+    match and `run_studies.sh` still skips the run instead of training it again."""
+    paths = sorted((PROJECT_ROOT / "docs" / "results").glob("*/*.json"))
+    assert len(paths) >= 100, "the committed study records are missing"
+    for path in paths:
+        record = json.loads(path.read_text())
+        words = shlex.split(record["command"])
+        assert words[:3] == ["python", "-m", "ablation"], path
+        specs = ablate.build_specs(ablate.build_parser().parse_args(words[3:]))
+        spec = next((s for s in specs if (s.name, s.seed) == (record["name"], record["seed"])), None)
+        assert spec is not None, f"{path}: its command no longer builds run {record['name']} seed {record['seed']}"
+        as_json = lambda cfg: json.loads(json.dumps(cfg.to_dict()))      # noqa: E731 (tuples -> lists)
+        assert as_json(spec.train_cfg) == record["train_config"], f"{path}: the train config changed"
+        assert as_json(spec.model_cfg) == record["model_config"], f"{path}: the model config changed"
