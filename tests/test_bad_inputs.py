@@ -455,7 +455,11 @@ def test_real_sigint_during_generation_keeps_the_session(gpt2_checkpoint):
     from pathlib import Path
 
     proc = subprocess.Popen([sys.executable, "inference.py", "--model_path", str(gpt2_checkpoint), "--interactive",
-                             "--max_new_tokens", "100000000"], cwd=Path(__file__).resolve().parents[1],
+                             "--max_new_tokens", "100000000",
+                             # greedy: a sampled token could be <|endoftext|>, which ends the generation
+                             # before the signal comes (greedy from this model and prompt runs 20,000 tokens
+                             # without it; 1.5 s here is at most a few thousand)
+                             "--temperature", "0"], cwd=Path(__file__).resolve().parents[1],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"OMP_NUM_THREADS": "1"},
                             # a terminal's Ctrl-C reaches the child even when pytest itself was started in the
