@@ -37,27 +37,17 @@ from pathlib import Path
 
 import torch
 
-from cli import CommandLine, field_types
+from common.cli import CommandLine, field_types, parse_value
 from components.beam_search import beam_search
 from components.generation import SamplingConfig, knob, pad_prompts, stream_tokens
 from constants import EOT_TOKEN_ID
+from hugging_face.convert import load_any_model
 from utils import ENDOFTEXT, get_tokenizer, pick_device
 
 DEFAULT_MODEL_PATH = "checkpoints/best_model.pt"
 def parser_for(annotation):
-    """The parser of a setting's values, from its field type: int or float, optionally None ('none' or 'off')."""
-    optional = type(None) in getattr(annotation, "__args__", ())
-    kind = int if annotation in (int, int | None) else float
-    expected = ("an integer" if kind is int else "a number") + (" or 'none'" if optional else "")
-
-    def parse(text: str):
-        if optional and text.strip().lower() in ("none", "off"):
-            return None
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"expected {expected}, got {text!r}") from None
-    return parse
+    """The parser of a setting's values: `common.cli.parse_value` for the field's type."""
+    return lambda text: parse_value(text, annotation)
 
 
 def flag_type(parse):
@@ -73,14 +63,6 @@ def flag_type(parse):
 def unescape(text: str) -> str:
     r"""Let a stop string typed in a shell or at the prompt say \n or \t."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
-def on_off(text: str) -> bool:
-    if text.strip().lower() in ("on", "true", "yes", "1"):
-        return True
-    if text.strip().lower() in ("off", "false", "no", "0"):
-        return False
-    raise ValueError(f"expected on or off, got {text!r}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +130,7 @@ def build_parser() -> CommandLine:
     parser = CommandLine(prog="inference.py", description="Sample from a DeepSeek-from-scratch checkpoint.")
     parser.add_argument("--model_path", "--checkpoint", dest="model_path", default=DEFAULT_MODEL_PATH,
                         help="best_model.pt, best_model.safetensors (with its .json beside it), or a Hugging Face "
-                             "DeepseekV3/V2 directory (python -m checkpoint to-hf writes one)")
+                             "DeepseekV3/V2 directory (python -m hugging_face to-hf writes one)")
     parser.add_argument("--prompt", action="append", default=None,
                         help="text to continue (repeatable: the prompts are decoded together as one batch; "
                              "default: start from <|endoftext|>)")
@@ -325,7 +307,7 @@ def apply_command(line: str, settings: dict) -> tuple[dict, str | None]:
             stops = [] if value.lower() == "none" else [*settings["stop"], unescape(value)]
             updated = {**settings, "stop": stops}
         elif name in ("absorb", "no_absorb"):
-            updated = {**settings, "absorb": on_off(value) != (name == "no_absorb")}
+            updated = {**settings, "absorb": parse_value(value, bool) != (name == "no_absorb")}
         elif name in SETTINGS:
             if not value:
                 raise ValueError(f":{name} needs a value")
@@ -399,10 +381,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _load_and_run(args, settings: dict, prompts: list[str] | None, device: torch.device) -> int:
     # 2) load the model (exit code 1 with the loader's one-line message)
-    from checkpoint import load_model
-
     try:
-        model, _meta = load_model(args.model_path, device=device)
+        model, _meta = load_any_model(args.model_path, device=device)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

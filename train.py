@@ -23,11 +23,20 @@ import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
-from cli import CommandLine, UsageError, field_types, parse_value
+import torch.distributed as dist
+
+from common.cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
-from run_log import TensorBoardLog
-from trainer import NonFiniteLossError, TrainConfig, evaluate
+from data import prepare_data
+from trainer import NonFiniteLossError, TrainConfig, Trainer, evaluate
+from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+from training.distributed import init_distributed
+from training.memory import keep_freed_memory_in_heap
+from training.precision import choose_precision
+from training.run_lock import FolderLocked, RunLock
+from training.run_log import TensorBoardLog
+from utils import count_active_parameters, count_parameters, pick_device, tokenizer_identity
 
 DEFAULT_PRESET = "small"
 TRAIN_DEFAULTS = TrainConfig()      # the defaults the help states
@@ -117,7 +126,6 @@ def parse_sets(items: list[str]) -> tuple[dict, dict]:
 
 def resolve_configs(args) -> tuple[ModelConfig, TrainConfig, dict | None]:
     """Preset + --set -> ModelConfig; defaults (or the checkpoint's) + flags -> TrainConfig."""
-    from checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 
     model_over, train_over = parse_sets(args.set)
     out_dir = args.out or "checkpoints"
@@ -178,7 +186,6 @@ EARLIER_RUN_FILES = ("latest.pt", "best_model.pt", "metrics.jsonl")
 
 def check_vocabulary(model_cfg: ModelConfig) -> None:
     """train.py feeds GPT-2 token ids; an embedding smaller than that vocabulary would fail mid-run."""
-    from utils import tokenizer_identity
 
     n_vocab = tokenizer_identity()["n_vocab"]
     if model_cfg.vocab_size < n_vocab:
@@ -203,7 +210,6 @@ def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
 
 def claim_out_dir(out_dir: str):
     """Create --out if needed and lock it for this run -> (RunLock, created). UsageError if it cannot be."""
-    from run_lock import FolderLocked, RunLock
 
     out = Path(out_dir)
     created = not out.exists()
@@ -255,9 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume and args.overwrite:
             raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one of them")
         model_cfg, train_cfg, resumed = resolve_configs(args)
-        from precision import choose_precision
-        from utils import pick_device
-
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
         check_vocabulary(model_cfg)
         check_out_dir(train_cfg.out_dir, resumed is not None, overwrite=None)
@@ -285,14 +288,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | None) -> int:
     """Steps 2-4 of main, with --out locked."""
-    from data import prepare_data
-    from distributed import init_distributed
-    from trainer import Trainer
-    from utils import count_active_parameters, count_parameters, keep_freed_memory_in_heap, pick_device
-
     info = init_distributed(train_cfg.device)
     if pick_device(train_cfg.device).type == "cpu":
-        keep_freed_memory_in_heap()      # CPU training speed (see utils); process-wide, so opt-in here
+        keep_freed_memory_in_heap()      # CPU training speed (training/memory.py); process-wide, so opt-in here
     say = print if info.is_main and not train_cfg.quiet else (lambda *a, **k: None)
     say(describe(model_cfg, train_cfg, args.preset or (None if resumed else DEFAULT_PRESET)))
     # 2) data (rank 0 tokenizes first; the others then read its cache)
@@ -370,7 +368,6 @@ def whole_split_line(trainer, train_cfg: TrainConfig) -> str:
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
 
     dist.barrier()
 

@@ -13,7 +13,7 @@ Per optimizer step (the unit that `max_steps`, the schedule and the logs count):
     loads = sum of each MoE layer's tokens_per_expert over the micro-batches (all-reduced under DDP)
     router.update_bias(loads)                 once per step, DeepSeek-V3 §2.1.2 (sign rule, rate gamma)
 
-The learning rate warms up linearly, then follows a cosine to a floor (schedule.py: `lr_at`, and
+The learning rate warms up linearly, then follows a cosine to a floor (training/schedule.py: `lr_at`, and
 `TimeBudget` for a wall-clock budget). It is computed from the step number and assigned to the
 optimizer every step (no scheduler object), so a resumed run needs nothing but the step. AdamW
 decays only matrices: norms, biases and the embedding (also the tied output head) are left alone,
@@ -37,29 +37,30 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import checkpoint as ckpt_io
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel, ForwardStats
 from data import TrainBatches, eval_batches
-from distributed import (
+from training import checkpoint as ckpt_io
+from training.config import TrainConfig
+from training.distributed import (
+    ONE_PROCESS,
     DistInfo,
     close_distributed,
     gather_objects,
     init_distributed,
     mean_over_ranks,
-    resolve_device,
     sum_over_ranks,
     wrap_ddp,
 )
-from precision import backward, choose_precision, optimizer_step, unscale_and_clip
-from run_checkpoints import RunCheckpoints
-from run_log import RunLog
-from schedule import CosineSchedule, TimeBudget
-from train_config import TrainConfig
-from utils import set_seed
+from training.fast_head import head_loss_for
+from training.precision import backward, choose_precision, optimizer_step, unscale_and_clip
+from training.run_checkpoints import RunCheckpoints
+from training.run_log import RunLog
+from training.schedule import CosineSchedule
+from training.time_budget import TimeBudget
+from utils import get_tokenizer, pick_device, set_seed
 
 SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 0.8, 40
-ONE_PROCESS = DistInfo()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -158,7 +159,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
         sync = micro == cfg.grad_accum - 1 or not dist_info.enabled
         with nullcontext() if sync else model.no_sync():
             with autocast():
-                _, loss, stats = model(x, y)
+                _, loss, stats = model(x, y, head_loss=head_loss_for(raw_model, x, y))   # fused on fp32 CPU
             backward(loss / cfg.grad_accum, scaler)          # loss.backward(), via the fp16 scaler if any
         for name, value in logged_losses(loss, stats).items():
             sums[name] = sums.get(name, 0.0) + value.float() / cfg.grad_accum
@@ -198,7 +199,8 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
     try:
         for x, y in eval_batches(val_ids, batch_size, context_length, max_batches=max_batches):
             with autocast():
-                _, _, stats = model(x.to(device), y.to(device))
+                x, y = x.to(device), y.to(device)
+                _, _, stats = model(x, y, head_loss=head_loss_for(ckpt_io.unwrap(model), x, y))
             total += stats.ce.item() * y.numel()
             count += y.numel()
     finally:
@@ -210,7 +212,6 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
 def sample_texts(model: nn.Module, prompts, n_tokens: int, seed: int) -> list[dict]:
     """Continue each prompt ({prompt, text} or {prompt, text: None, error}); never raises for one prompt.
     Runs on a private RNG stream, so sampling during training leaves a resumed run exact."""
-    from utils import get_tokenizer
 
     tokenizer, device = get_tokenizer(), next(model.parameters()).device
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
@@ -299,7 +300,7 @@ class Trainer:
         self.cfg = cfg
         # 1) processes and device
         self.dist = init_distributed(cfg.device)
-        self.device = resolve_device(cfg.device, self.dist)
+        self.device = pick_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.precision = choose_precision(self.device, cfg.dtype)     # fp32 on CPU; see precision.py
         self.autocast_dtype, self._autocast = self.precision.autocast_dtype, self.precision.autocast
         self.scaler = self.precision.make_scaler()                    # fp16 only
@@ -325,7 +326,7 @@ class Trainer:
         self.checkpoints = RunCheckpoints(self.out_dir if self.dist.is_main else None)   # latest / previous / best
         path = self.out_dir / "metrics.jsonl" if self.out_dir and self.dist.is_main else None
         self.log = RunLog(path, quiet=cfg.quiet or not self.dist.is_main)
-        self.metrics = self.log.rows                      # the logged rows (see run_log.py)
+        self.metrics = self.log.rows                      # the logged rows (see training/run_log.py)
         if resume:
             where = resume_path(resume, self.out_dir)
             self.load_state_dict(ckpt_io.load_checkpoint(where, map_location="cpu"), where)  # CPU RNG states
@@ -484,6 +485,6 @@ class Trainer:
 
 
 if __name__ == "__main__":          # python -m trainer plot RUN_DIR: a run's metrics.jsonl -> PNG
-    from plotting import plot_cli
+    from figures.plotting import plot_cli
 
     raise SystemExit(plot_cli())

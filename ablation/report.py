@@ -26,7 +26,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from cli import CommandLine
+from common.cli import CommandLine
+from figures import plotting
 
 
 def load_records(dirs) -> list[dict]:
@@ -179,8 +180,6 @@ PLOTS = ("val_loss_by_run.png", "loss_vs_kv_cache.png", "loss_vs_active_params.p
 def make_plots(records: list[dict], rows: list[dict], out: Path, title: str) -> list[str]:
     """Save the study's PNGs into `out`; return their file names."""
     import matplotlib.pyplot as plt  # each figure is saved and closed: nothing is shown
-
-    import plotting
 
     saved = []
     for stale in PLOTS:                                              # plots of an earlier report of this folder

@@ -35,10 +35,15 @@ import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from cli import CommandLine, UsageError, field_types, parse_value
+from ablation.report import main as report_main
+from ablation.report import write_report
+from common.cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import PRESETS, PROJECT_ROOT
-from trainer import TrainConfig
+from data import prepare_data
+from data.sources import display_path
+from trainer import TrainConfig, Trainer
+from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token
 
 RECORD_VERSION = 1
 SERIES_POINTS = 100           # at most this many points of each over-time series go into a record
@@ -215,9 +220,8 @@ def source_hash() -> str:
     """sha256 of the code a run executes (components/, data/, the trainer's modules): tells apart runs made
     while the working tree was edited, which a commit id plus a dirty flag cannot."""
     digest = hashlib.sha256()
-    training = ["trainer.py", "train_config.py", "schedule.py", "run_log.py", "distributed.py", "utils.py"]
     for path in sorted([*PROJECT_ROOT.glob("components/*.py"), *PROJECT_ROOT.glob("data/*.py"),
-                        *(PROJECT_ROOT / name for name in training if (PROJECT_ROOT / name).exists())]):
+                        *PROJECT_ROOT.glob("training/*.py"), PROJECT_ROOT / "trainer.py", PROJECT_ROOT / "utils.py"]):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -250,8 +254,6 @@ def compact_vocabulary(train_ids, val_ids, size: int):
 
 
 def load_data(args) -> tuple:
-    from data import prepare_data
-
     prepared = prepare_data(args.data, cache_dir=args.cache_dir, quiet=True)
     train, val = prepared.train_ids, prepared.val_ids
     data_id = {"cache_key": prepared.cache_key, "vocab_top": args.vocab_top, "source": prepared.summary.source,
@@ -293,9 +295,6 @@ def expert_load_summary(cfg: ModelConfig, rows: list) -> dict | None:
 
 def run_one(spec: RunSpec, study: str, train_ids, val_ids, data_id: dict, key: str) -> dict:
     import torch
-
-    from trainer import Trainer
-    from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token
 
     started = time.perf_counter()
     trainer = Trainer(spec.model_cfg, spec.train_cfg, train_ids=train_ids, val_ids=val_ids)
@@ -380,7 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["report"]:
-        from ablation.report import main as report_main
         return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:                                                     # 1) everything checked before any work
@@ -421,9 +419,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads)
     if args.report and shard is None:
-        from ablation.report import write_report
-        from data.sources import display_path
-
         report = write_report([out], out)
         print(f"report and plots: {display_path(report)} (and the PNGs beside it)")
     return 0

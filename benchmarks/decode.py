@@ -22,8 +22,9 @@ from dataclasses import replace
 
 import torch
 
-from cli import CommandLine
+from common.cli import CommandLine
 from components.attention import CausalSelfAttention
+from components.deepseek_model import DeepSeekModel
 from components.kv_cache import LayerCache
 from components.multi_head_latent_attention import MultiHeadLatentAttention
 from constants import DEFAULT
@@ -76,11 +77,6 @@ def bench_model(quick: bool) -> dict | None:
     The prompt is pre-filled untimed; then each decode step (one token through every layer, the
     head and the argmax, i.e. what `generate(temperature=0.0)` does per token) is timed on its own.
     """
-    try:
-        from components.deepseek_model import DeepSeekModel
-    except ImportError as error:
-        print(f"\n(whole-model section skipped: {error})")
-        return None
     prompt_len, new_tokens = (128, 8) if quick else (1024, 32)
     runs = {"mha": ("mha", False), "mla_naive": ("mla", False), "mla_absorbed": ("mla", True)}
     results = {}

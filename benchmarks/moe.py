@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from cli import CommandLine
+from common.cli import CommandLine
 from components.expert import Expert
 from components.moe import MoE
-from hf_format import moe_to_hf
+from hugging_face.convert import moe_to_hf
 
 D, E, K, N_SHARED, HIDDEN, BATCH, SEQ = 256, 8, 2, 1, 512, 8, 256   # N = BATCH * SEQ = 2,048 tokens
 # HF's CPU-capable experts implementations (transformers/integrations/moe.py; "deepgemm" and "sonicmoe"

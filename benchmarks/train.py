@@ -29,7 +29,7 @@ several 8192^3 matmuls in the autocast dtype (fp32 when --dtype fp32). The break
 (its hooks time the host, which runs ahead of a GPU).
 
 Fairness notes. Both sides cycle through the same few random batches (one repeated batch gets
-memorised and makes exp() run on denormals, see `run`). `utils.keep_freed_memory_in_heap` (what
+memorised and makes exp() run on denormals, see `run`). `training.memory.keep_freed_memory_in_heap` (what
 train.py does on CPU) is process-wide, so HF gets it too. On a shared machine the median moves
 with the load: the fastest step of each side and the load average are printed as well.
 `--compile` also times torch.compile(ours) and reports its compile time (the Trainer's default is
@@ -52,13 +52,15 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-import hf_format
-from cli import CommandLine
+from common.cli import CommandLine
 from components.deepseek_model import DeepSeekModel
 from constants import PRESETS, TINY
-from precision import PRECISIONS, Precision, backward, choose_precision, step_with_scaler
+from hugging_face import convert as hf_convert
 from trainer import TrainConfig, make_optimizer
-from utils import count_active_parameters, keep_freed_memory_in_heap, pick_device
+from training.fast_head import head_loss_for
+from training.memory import keep_freed_memory_in_heap
+from training.precision import PRECISIONS, Precision, backward, choose_precision, step_with_scaler
+from utils import count_active_parameters, pick_device
 
 # HF experts implementations that run on CPU (transformers/integrations/moe.py; deepgemm/sonicmoe need
 # CUDA). batched_mm gathers one weight matrix per (token, slot) (GBs at these sizes; benchmarks/moe.py).
@@ -94,22 +96,22 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 5, device: torch.device 
 # --- the two models ----------------------------------------------------------------------------
 
 def hf_config(cfg, experts_implementation: str):
-    hf_cfg = hf_format.hf_config(cfg)                    # the project's one mapping of the config
+    hf_cfg = hf_convert.hf_config(cfg)                    # the project's one mapping of the config
     hf_cfg._attn_implementation = "sdpa"
     hf_cfg._experts_implementation = experts_implementation
     return hf_cfg
 
 
 def build_hf(ours: DeepSeekModel, experts_implementation: str):
-    """DeepseekV3ForCausalLM at our configuration holding our weights (hf_format.py maps the names)."""
+    """DeepseekV3ForCausalLM at our configuration holding our weights (hf_convert.py maps the names)."""
     from transformers import DeepseekV3ForCausalLM
 
     if ours.cfg.router_score != "sigmoid":
         raise ValueError("the HF side of this benchmark is DeepseekV3, which routes with sigmoid scores")
-    hf_format.check_exportable(ours.cfg, ours.state_dict())
+    hf_convert.check_exportable(ours.cfg, ours.state_dict())
     hf = DeepseekV3ForCausalLM(hf_config(ours.cfg, experts_implementation))
     with torch.no_grad():
-        hf_format.load_into_hf(hf, ours.state_dict(), ours.cfg)
+        hf_convert.load_into_hf(hf, ours.state_dict(), ours.cfg)
     return hf.train()
 
 
@@ -143,7 +145,7 @@ class Side:
 
 
 def ours_loss(model, x, y):
-    return model(x, y)[1]
+    return model(x, y, head_loss=head_loss_for(model, x, y))[1]     # as trainer.train_step calls it
 
 
 def hf_loss(model, x, y):
@@ -158,7 +160,7 @@ def breakdown(side: Side, batches, steps: int) -> dict[str, float]:
 
     Forward and backward of the embedding, attention (with its pre-norm), MoE and dense FFN (with
     theirs) are timed by module hooks. The output head and the cross-entropy run as one autograd
-    node in training (components.head_cross_entropy), so "head_and_loss" is timed
+    node in training (training/fast_head.py), so "head_and_loss" is timed
     from the final norm's output to the loss (forward) and from the loss to the final norm's
     gradient (backward). "other" is the rest: final norm, residual adds, balance bookkeeping;
     in the backward also the embedding's scatter into the (V, D) table and its sum with the tied

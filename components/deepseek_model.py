@@ -7,8 +7,9 @@
 The balance losses are regularisers, so `ForwardStats.ce` reports the cross-entropy alone (it can
 never be negative, and it is what perplexity is computed from).
 
-Training in fp32 on CPU computes head and cross-entropy in one autograd node
-(`components/head_cross_entropy.py`, where the measured reason is): the same maths, faster there.
+The head and the cross-entropy are the textbook `F.cross_entropy(head(x), targets)`; a caller may pass
+`head_loss`, a function that computes the same two in its own way (the trainer passes a fused one for
+fp32 training on CPU, where it was measured to be faster: training/fast_head.py).
 
 Generation keeps one `LayerCache` per layer: MLA stores only c_KV and the RoPE key per token
 (`kv_latent_dim + rope_head_dim` numbers per layer), which is what makes DeepSeek cheap to serve.
@@ -28,7 +29,6 @@ from torch import nn
 from components import generation
 from components.beam_search import beam_search as run_beam_search
 from components.config import ModelConfig
-from components.head_cross_entropy import head_cross_entropy
 from components.kv_cache import LayerCache
 from components.moe import MoEStats
 from components.multi_token_prediction import MultiTokenPrediction
@@ -85,10 +85,12 @@ class DeepSeekModel(nn.Module):
         return [m for m in self.modules() if isinstance(m, Router)]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                caches: list[LayerCache] | None = None, absorb: bool = False):
+                caches: list[LayerCache] | None = None, absorb: bool = False, head_loss=None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None, ForwardStats).
 
         With `caches`, idx holds only the new tokens; positions continue from the cache length.
+        `head_loss(hidden (N, D), head weight (V, D), targets (N,)) -> (mean CE, logits (N, V))`, if given,
+        replaces step 3-4's plain head + cross-entropy (same values; used only with targets).
         """
         B, T = idx.shape
         start = caches[0].length if caches else 0
@@ -107,8 +109,8 @@ class DeepSeekModel(nn.Module):
         # 3) final norm and output head; 4) cross-entropy in fp32 (logits may be bf16 under autocast)
         x = self.norm(x)                                                            # (B, T, D)
         loss = None
-        if targets is not None and self._fuse_head_and_loss(x, targets):
-            ce, logits = head_cross_entropy(x.flatten(0, 1), self.head.weight, targets.flatten())
+        if targets is not None and head_loss is not None:
+            ce, logits = head_loss(x.flatten(0, 1), self.head.weight, targets.flatten())
             logits = logits.view(B, T, -1)                                          # (B, T, V)
         else:
             logits = self.head(x)                                                   # (B, T, V)
@@ -135,13 +137,6 @@ class DeepSeekModel(nn.Module):
         stats.balance_losses = {name: value.detach() for name, value in balance.items()}
         stats.moe = moe_stats
         return logits, loss, stats
-
-    def _fuse_head_and_loss(self, x: torch.Tensor, targets: torch.Tensor) -> bool:
-        """`head_cross_entropy` covers fp32 on CPU (where its speed-up was measured), without autocast,
-        and plain class targets (no ignore_index); anything else takes the plain head + F.cross_entropy."""
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.head.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled(x.device.type) and targets.numel() > 0
-                and int(targets.min()) >= 0)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **sampling) -> torch.Tensor:

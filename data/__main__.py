@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-from cli import CommandLine
+from common.cli import CommandLine
 from constants import DATA_CACHE_DIR, DATA_ENV_VAR, SEED, VAL_FRACTION
 from data.prepare import prepare_data
 

@@ -20,6 +20,10 @@ import re
 import string
 import sys
 
+from common.cli import CommandLine
+from data import prepare_data
+from utils import get_tokenizer
+
 _WORD = re.compile(r"\S+")
 
 
@@ -56,16 +60,12 @@ def longest_shared_run(sample: str | list[str], corpus: str | list[str]) -> tupl
 
 def training_words(data_path: str | None = None) -> list[str]:
     """The words of the training split, decoded from the same token ids the trainer reads."""
-    from data import prepare_data
-    from utils import get_tokenizer
 
     prepared = prepare_data(data_path=data_path, context_length=8, quiet=True)
     return words(get_tokenizer().decode(prepared.train_ids.tolist()))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli import CommandLine
-
     p = CommandLine(prog="python -m data.overlap", description=__doc__.splitlines()[0])
     p.add_argument("text", nargs="*", help="samples to check (each argument one sample)")
     p.add_argument("--file", help="a text file with one sample per line")

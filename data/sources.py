@@ -20,9 +20,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import atomic_write
 from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET, PROJECT_ROOT
 from data import hub
-from files import atomic_write
 
 SAMPLE_DIR = DATA_DIR / "sample"
 HUB_CACHE_NAME = "hub_" + HUB_DATASET.replace("/", "__") + ".csv"   # the Hub copy, as CSV

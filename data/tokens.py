@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_write
 from constants import EOT_TOKEN_ID
-from files import atomic_write
 from utils import get_tokenizer, tokenizer_identity
 
 CACHE_FORMAT = 1            # bump when the layout of the cached arrays changes

@@ -4,6 +4,9 @@ See docs/teaching.md for the assignment workflow (release -> students -> grade).
 
 import sys
 
+from exercises.grade import main as grade
+from exercises.release import main as release
+
 USAGE = ("usage: python -m exercises grade NOTEBOOK_OR_FOLDER... [--csv OUT] | "
          "python -m exercises release OUT_DIR   (--help after either for its options)")
 
@@ -16,9 +19,7 @@ def main(argv: list[str]) -> int:
         print(f"python -m exercises: error: choose a command, grade or release; {USAGE}", file=sys.stderr)
         return 2
     if argv[0] == "grade":
-        from exercises.grade import main as grade
         return grade(argv[1:])
-    from exercises.release import main as release
     return release(argv[1:])
 
 

@@ -29,8 +29,8 @@ from components.router import Router
 from components.transformer_block import TransformerBlock, build_attention, build_moe
 from constants import SMALL, TINY
 from exercises import Exercise
-from schedule import CosineSchedule, lr_at
 from trainer import make_optimizer, train_step
+from training.schedule import CosineSchedule, lr_at
 
 
 # --- 6.1 ------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli import CommandLine, UsageError
+from common.cli import CommandLine, UsageError
 from exercises import ANSWERED, FAIL, PASS, chapter_exercises
 from exercises.notebook import chapter_of
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from exercises import CHAPTERS, Exercise, chapter_exercises, score_lines, stub_result, verdict_line
+from exercises import CHAPTERS, Exercise, chapter_exercises, find, score_lines, stub_result, verdict_line
 
 
 def _stream(text: str) -> list:
@@ -25,7 +25,6 @@ def _stream(text: str) -> list:
 
 def stub_check_outputs(exercise_id: str) -> list:
     """The output of an exercise's check cell while the stub is untouched (deterministic, so CI checks it)."""
-    from exercises import find
 
     return _stream(verdict_line(stub_result(find(exercise_id))) + "\n")
 

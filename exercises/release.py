@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cli import CommandLine, UsageError
+from common.cli import CommandLine, UsageError
 from exercises import CHAPTERS, chapter_exercises
 from exercises.notebook import chapter_of, defines_answer, score_outputs, stub_check_outputs, stub_source
 

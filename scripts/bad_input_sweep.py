@@ -26,6 +26,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from components.deepseek_model import DeepSeekModel
+from constants import TINY
+from training.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -66,10 +70,6 @@ def write_corpus(folder: Path, n: int = 12) -> Path:
 
 def make_checkpoints(tmp: Path) -> dict[str, Path]:
     import torch
-
-    from checkpoint import atomic_save, load_checkpoint, make_checkpoint
-    from components.deepseek_model import DeepSeekModel
-    from constants import TINY
 
     cfg = dataclasses.replace(TINY, n_layers=1, context_length=32, d_model=32, kv_latent_dim=8, expert_hidden_dim=32)
     torch.manual_seed(0)
@@ -339,7 +339,6 @@ def lock_cases(tmp: Path) -> list[Result]:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
         first.stderr.close()
-    from checkpoint import load_checkpoint
 
     step = load_checkpoint(out / "latest.pt")["step"]
     third = subprocess.run([*train, "--resume", "--max-steps", str(step + 2)], cwd=REPO, env=ENV,

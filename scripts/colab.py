@@ -4,13 +4,15 @@
     python scripts/colab.py --check    # exit 1 if a notebook's cells differ from what would be written
 
 The address is `constants.REPOSITORY_URL` (a GitHub repository). Publishing under another address is one
-edit there and one run of this script. The set-up cell does something only on Colab: it clones the
-project, installs it and moves into its notebooks/ folder; anywhere else it prints one line and returns.
+edit there and one run of this script. The set-up cell puts the clone's root on the import path (nothing of
+the project is installed as a package); on Colab it first clones the project, installs its dependencies and
+moves into its notebooks/ folder.
 Both cells are found again by their cell tags, so a re-run replaces them instead of adding more.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,16 +21,19 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import CommandLine  # noqa: E402
+from common.cli import CommandLine  # noqa: E402
 from constants import REPOSITORY_URL  # noqa: E402
 
 BADGE_TAG, SETUP_TAG = "colab-badge", "colab-setup"
+SETUP_PRINTS = "the project's modules are imported from "
 
 SETUP_SOURCE = '''# NBVAL_IGNORE_OUTPUT
-# Colab only: clone the project, install it and work from its notebooks/ folder. Elsewhere: nothing to do.
+# Set-up. The project's modules are imported from the clone (installing it adds only its dependencies), so this
+# cell puts the clone's root on the import path. On Colab it first clones the project and installs them.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 REPOSITORY_URL = "{url}"
 if "google.colab" in sys.modules and not os.path.isfile("../pyproject.toml"):
@@ -36,10 +41,12 @@ if "google.colab" in sys.modules and not os.path.isfile("../pyproject.toml"):
         subprocess.run(["git", "clone", "--depth", "1", REPOSITORY_URL, "/content/{name}"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "/content/{name}"], check=True)
     os.chdir("/content/{name}/notebooks")
-    sys.path.insert(0, "/content/{name}")        # the editable install is seen by new kernels; this one too
-    print("Colab: the project is installed; working in", os.getcwd())
-else:
-    print("not on Colab: nothing to set up")'''
+ROOT = next((p for p in (Path.cwd(), *Path.cwd().parents) if (p / "constants.py").is_file()), None)
+if ROOT is None:
+    raise RuntimeError("open this notebook from the project's notebooks/ folder (the clone holds constants.py)")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+print("the project's modules are imported from", os.path.relpath(ROOT))'''
 
 
 def github_path(url: str) -> str:
@@ -57,8 +64,17 @@ def colab_cells(relative: str, url: str) -> list:
         f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
         f"(https://colab.research.google.com/github/{repo}/blob/main/{relative})")
     setup = nbformat.v4.new_code_cell(SETUP_SOURCE.format(url=url, name=repo.split("/")[1]))
+    # what the cell prints when run from notebooks/ (or notebooks/solutions/): the committed output stays whole
+    folder = "/".join(relative.split("/")[:-1]) or "."
+    printed = SETUP_PRINTS + os.path.relpath(".", folder) + "\n"
+    setup.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
     badge.metadata["tags"], setup.metadata["tags"] = [BADGE_TAG], [SETUP_TAG]
     return [badge, setup]
+
+
+def shown(cell) -> tuple:
+    """What a reader sees of a cell: its kind, source and printed text."""
+    return cell.cell_type, cell.source, [o.get("text") for o in cell.get("outputs", [])]
 
 
 def is_colab_cell(cell) -> bool:
@@ -70,8 +86,7 @@ def update(notebook: Path, relative: str, url: str) -> bool:
     nb = nbformat.read(notebook, as_version=4)
     old = [c for c in nb.cells if is_colab_cell(c)]
     new = colab_cells(relative, url)
-    if [(c.cell_type, c.source) for c in old] == [(c.cell_type, c.source) for c in new] and \
-            nb.cells[:2] == old:
+    if [shown(c) for c in old] == [shown(c) for c in new] and nb.cells[:2] == old:
         return False
     nb.cells = new + [c for c in nb.cells if not is_colab_cell(c)]
     nbformat.write(nb, notebook)
@@ -96,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         relative = path.relative_to(ROOT).as_posix()
         if args.check:
             nb = nbformat.read(path, as_version=4)
-            want = [(c.cell_type, c.source) for c in colab_cells(relative, REPOSITORY_URL)]
-            if [(c.cell_type, c.source) for c in nb.cells[:2]] != want:
+            if [shown(c) for c in nb.cells[:2]] != [shown(c) for c in colab_cells(relative, REPOSITORY_URL)]:
                 stale.append(path)
         elif update(path, relative, REPOSITORY_URL):
             print(f"updated {path.relative_to(ROOT).as_posix()}")

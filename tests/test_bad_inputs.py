@@ -31,7 +31,7 @@ def one_error_line(err: str, prefix: str) -> str:
 # --- devices -----------------------------------------------------------------------------------------
 
 def test_unknown_device_is_one_line_in_train_and_inference(capsys, monkeypatch):
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
     assert train.main(["--preset", "tiny", "--device", "tpu"]) == 2
     line = one_error_line(capsys.readouterr().err, "train.py: error: ")
     assert "--device tpu: unknown device; use auto, cpu, cuda, cuda:N or mps" in line
@@ -77,7 +77,7 @@ def test_balancing_without_a_loss_rejects_the_coefficients_it_would_ignore(balan
 
 
 def test_mtp_depth_must_be_below_the_context_length(capsys, monkeypatch):
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
     with pytest.raises(ValueError, match=r"ModelConfig\.mtp_depth=64: must be < context_length=64"):
         dataclasses.replace(TINY, mtp_depth=64)
     dataclasses.replace(TINY, mtp_depth=63)
@@ -134,7 +134,7 @@ class _RunsCode:
 
 def small_checkpoint(path, **config_changes):
     """A TINY-vocabulary model's checkpoint; `config_changes` edit its recorded config (weights unchanged)."""
-    from checkpoint import atomic_save, make_checkpoint
+    from training.checkpoint import atomic_save, make_checkpoint
 
     torch.manual_seed(0)
     ckpt = make_checkpoint(DeepSeekModel(tiny_cfg()), step=0, kind="best")
@@ -144,7 +144,7 @@ def small_checkpoint(path, **config_changes):
 
 
 def test_a_pickle_that_calls_a_blocked_global_is_refused_as_unsafe(tmp_path):
-    from checkpoint import CheckpointError, load_checkpoint
+    from training.checkpoint import CheckpointError, load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({"format_version": 1, "payload": _RunsCode()}, path)
@@ -156,7 +156,7 @@ def test_a_pickle_that_calls_a_blocked_global_is_refused_as_unsafe(tmp_path):
 
 
 def test_a_config_describing_a_huge_model_is_refused_before_building(tmp_path, monkeypatch):
-    import checkpoint
+    from training import checkpoint
 
     path = small_checkpoint(tmp_path / "huge.pt", d_model=65536, n_layers=64, expert_hidden_dim=65536)
     monkeypatch.setattr(checkpoint, "DeepSeekModel", lambda cfg: pytest.fail("the model was built before the check"))
@@ -166,7 +166,7 @@ def test_a_config_describing_a_huge_model_is_refused_before_building(tmp_path, m
 
 
 def test_a_model_that_does_not_fit_in_memory_is_refused_before_building(tmp_path, monkeypatch):
-    import checkpoint
+    from training import checkpoint
 
     path = small_checkpoint(tmp_path / "fine.pt")
     monkeypatch.setattr(checkpoint, "available_memory", lambda: 1024)
@@ -176,7 +176,7 @@ def test_a_model_that_does_not_fit_in_memory_is_refused_before_building(tmp_path
 
 
 def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, capsys):
-    from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
+    from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model
 
     path = small_checkpoint(tmp_path / "nan.pt")
     ckpt = load_checkpoint(path)
@@ -195,7 +195,7 @@ def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path, capsys):
 @pytest.fixture
 def no_data(monkeypatch):
     """train.main must refuse before preparing any data."""
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
 
 
 def train_error(capsys, *argv) -> str:
@@ -251,20 +251,20 @@ def test_a_fresh_run_never_replaces_an_earlier_run_without_overwrite(tmp_path, c
     (out / "metrics.jsonl").write_text('{"kind": "train", "step": 7}\n')
     (out / "latest.pt").write_bytes(b"an earlier run's checkpoint")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
     line = train_error(capsys, "--out", str(out))
     assert f"--out {out} holds an earlier run (latest.pt, metrics.jsonl)" in line
     assert "--resume to continue it, --overwrite to replace it" in line
     assert train_error(capsys, "--out", str(out), "--overwrite", "--resume").endswith("pass one of them")
     # --overwrite gets past the check; a run that then fails (here: its data) still deletes nothing
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: (_ for _ in ()).throw(ValueError("no essays here")))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: (_ for _ in ()).throw(ValueError("no essays here")))
     assert train.main(["--preset", "tiny", "--out", str(out), "--overwrite", "--quiet"]) == 2
     assert one_error_line(capsys.readouterr().err, "train.py: error: ") == "train.py: error: no essays here"
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before          # and the lock is gone again
 
 
 def test_a_folder_locked_by_a_live_run_is_refused(tmp_path, capsys, no_data):
-    from run_lock import RunLock
+    from training.run_lock import RunLock
 
     out = tmp_path / "run"
     out.mkdir()
@@ -287,11 +287,11 @@ def test_the_lock_of_a_sigkilled_run_is_taken_over_with_a_note(tmp_path):
     import sys
     from pathlib import Path
 
-    from run_lock import RunLock
+    from training.run_lock import RunLock
 
     out = tmp_path / "run"
     out.mkdir()
-    code = ("import sys, time; from run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+    code = ("import sys, time; from training.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, text=True)
@@ -338,7 +338,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_last_save(tmp_path, 
     assert f"writing to {out} failed (No space left on device)" in line
     assert f"continue from the last save, {out / 'latest.pt'} (step 1), with: python train.py --out {out} --resume" \
         in line
-    from checkpoint import load_checkpoint
+    from training.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "latest.pt")["step"] == 1                  # the last complete save, intact
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
@@ -386,7 +386,7 @@ INFER_CFG = dataclasses.replace(TINY, n_layers=1, context_length=32, d_model=32,
 @pytest.fixture(scope="module")
 def gpt2_checkpoint(tmp_path_factory):
     """A tiny random model with the GPT-2 vocabulary, saved as the trainer saves it."""
-    from checkpoint import atomic_save, make_checkpoint
+    from training.checkpoint import atomic_save, make_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
@@ -501,7 +501,7 @@ def test_text_that_is_not_utf8_prints_under_a_strict_utf8_terminal(gpt2_checkpoi
 
 
 def test_a_missing_prompts_file_is_one_line_before_loading(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("checkpoint.load_model", lambda *a, **k: pytest.fail("loaded despite a bad flag"))
+    monkeypatch.setattr("inference.load_any_model", lambda *a, **k: pytest.fail("loaded despite a bad flag"))
     for path, message in [(tmp_path / "none.txt", "No such file"), (tmp_path, "Is a directory")]:
         with pytest.raises(SystemExit) as exit_info:
             inference.main(["--prompts-file", str(path)])

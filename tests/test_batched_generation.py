@@ -133,8 +133,8 @@ def test_bad_batches_are_one_line_errors():
 def gpt2_checkpoint(tmp_path_factory):
     from dataclasses import replace
 
-    from checkpoint import atomic_save, make_checkpoint
     from constants import TINY
+    from training.checkpoint import atomic_save, make_checkpoint
 
     torch.manual_seed(0)
     cfg = replace(TINY, n_layers=1, context_length=32, d_model=32, kv_latent_dim=8, expert_hidden_dim=32)

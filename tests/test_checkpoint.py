@@ -18,10 +18,10 @@ import pytest
 import torch
 from training_helpers import pattern_ids, tiny_cfg, train_cfg, write_corpus
 
-import checkpoint
-from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model, make_checkpoint
 from components.deepseek_model import DeepSeekModel
 from trainer import Trainer
+from training import checkpoint
+from training.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_model, make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

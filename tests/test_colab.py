@@ -32,12 +32,24 @@ def test_update_replaces_the_cells_and_is_idempotent(tmp_path):
     assert len(cells) == 4 and "github/c/d/" in cells[0].source and "/content/d" in cells[1].source
 
 
-def test_the_setup_cell_does_nothing_off_colab():
+def test_off_colab_the_setup_cell_only_puts_the_clones_root_on_the_import_path(monkeypatch):
     source = colab.colab_cells("notebooks/x.ipynb", "https://github.com/a/b")[1].source
+    monkeypatch.chdir(ROOT / "notebooks")
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p != str(ROOT)])
     out = io.StringIO()
     with redirect_stdout(out):
         exec(compile(source, "setup-cell", "exec"), {})
-    assert out.getvalue() == "not on Colab: nothing to set up\n"
+    import sys
+    assert sys.path[0] == str(ROOT)
+    assert out.getvalue() == "the project's modules are imported from ..\n"
+    assert not (ROOT / "notebooks" / "b").exists()          # nothing cloned
+
+
+def test_the_setup_cell_refuses_a_folder_outside_the_clone(monkeypatch, tmp_path):
+    source = colab.colab_cells("notebooks/x.ipynb", "https://github.com/a/b")[1].source
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="notebooks/ folder"):
+        exec(compile(source, "setup-cell", "exec"), {})
 
 
 @pytest.mark.parametrize("url", ["github.com/a/b", "https://gitlab.com/a/b", "https://github.com/a"])

@@ -25,7 +25,7 @@ from components.deepseek_model import DeepSeekModel
 from components.moe import MoE, moe_dense_reference
 from components.multi_head_latent_attention import MultiHeadLatentAttention
 from constants import PRESETS
-from precision import Precision, backward, choose_precision, step_with_scaler
+from training.precision import Precision, backward, choose_precision, step_with_scaler
 
 pytestmark = pytest.mark.cuda
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from training_helpers import write_corpus
 
-from checkpoint import load_checkpoint, load_model
+from training.checkpoint import load_checkpoint, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS, ACCUM = 3, 1

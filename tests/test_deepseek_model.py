@@ -185,7 +185,7 @@ def test_fused_head_cross_entropy_equals_linear_plus_cross_entropy():
     """head_cross_entropy (the fp32 CPU training path) == F.linear + F.cross_entropy: values and gradients."""
     import torch.nn.functional as F
 
-    from components.head_cross_entropy import head_cross_entropy
+    from training.fast_head import head_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(12, 8, requires_grad=True)
@@ -211,7 +211,7 @@ def test_fused_head_cross_entropy_loss_only_and_underflowing_targets():
     probability underflows fp32 (a logit ~100 below the row's maximum: -log p would read inf)."""
     import torch.nn.functional as F
 
-    from components.head_cross_entropy import head_cross_entropy
+    from training.fast_head import head_cross_entropy
 
     torch.manual_seed(1)
     hidden = torch.randn(10, 6)

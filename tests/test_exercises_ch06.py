@@ -8,8 +8,8 @@ import torch
 import utils
 from components.transformer_block import TransformerBlock
 from exercises import FAIL, check_exercise
-from schedule import lr_at
 from tests.exercise_checks import exercise_checks
+from training.schedule import lr_at
 
 
 # --- correct answers (the same as the solutions notebook) ------------------------------------

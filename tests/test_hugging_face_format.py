@@ -1,4 +1,4 @@
-"""Hugging Face format both ways: `python -m checkpoint to-hf` loads in transformers with the same logits and
+"""Hugging Face format both ways: `python -m hugging_face to-hf` loads in transformers with the same logits and
 greedy tokens; `from-hf` turns randomly initialised DeepseekV3/V2 models into ours with the same logits;
 what HF cannot express is refused in one line. Every test name here contains `hf`, and `pytest -k hugging_face`
 runs them (the file name matches) with the MoE and MLA equivalence tests (`test_*_hugging_face_*`).
@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import (
+from components.config import ModelConfig
+from components.deepseek_model import DeepSeekModel
+from hugging_face.__main__ import main
+from hugging_face.convert import HFFormatError, check_exportable, load_hf_dir
+from training.checkpoint import (
     CheckpointError,
     atomic_save,
     config_from_checkpoint,
@@ -25,9 +29,6 @@ from checkpoint import (
     load_model_state,
     make_checkpoint,
 )
-from components.config import ModelConfig
-from components.deepseek_model import DeepSeekModel
-from hf_format import HFFormatError, check_exportable, load_hf_dir, main
 
 LOGITS = dict(atol=1e-4, rtol=0.0)
 VOCAB = 256

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import inference
-from checkpoint import atomic_save, make_checkpoint
 from components.deepseek_model import DeepSeekModel
 from constants import TINY
+from training.checkpoint import atomic_save, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The best way to learn programming is"
@@ -82,7 +82,7 @@ def test_interactive_mode_through_stdin(checkpoint_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "temperature = 1.1" in out
-    assert "error: top_k: expected an integer or 'none', got 'nope'" in out
+    assert "error: top_k: expects an integer or 'none', got 'nope'" in out
     assert "max_new_tokens=5" in out and "temperature=1.1" in out
     (report,) = report_lines(out)
     assert "5 tokens" in report
@@ -112,7 +112,7 @@ def test_missing_checkpoint_exits_1_with_one_line(tmp_path):
     ["--unknown-flag", "1"],
 ])
 def test_invalid_values_are_rejected_before_loading(argv, capsys, monkeypatch):
-    monkeypatch.setattr("checkpoint.load_model", lambda *a, **k: pytest.fail("loaded despite a bad value"))
+    monkeypatch.setattr("inference.load_any_model", lambda *a, **k: pytest.fail("loaded despite a bad value"))
     with pytest.raises(SystemExit) as exit_info:
         inference.main(["--model_path", "does/not/exist.pt", *argv])
     assert exit_info.value.code == 2

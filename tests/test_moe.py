@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.moe import MoE, MoEStats, moe_dense_reference
-from hf_format import moe_to_hf
+from hugging_face.convert import moe_to_hf
 
 
 def make_moe(n_shared=1, score="sigmoid", seed=0, **kwargs):

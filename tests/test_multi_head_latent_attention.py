@@ -7,7 +7,7 @@ import torch
 
 from components.kv_cache import LayerCache
 from components.multi_head_latent_attention import MultiHeadLatentAttention
-from hf_format import attention_to_hf
+from hugging_face.convert import attention_to_hf
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 # d, H, C, R, D, V: small, and V != D on purpose, so a key/value head-size mix-up cannot pass
@@ -111,7 +111,7 @@ def hf_attention(q_latent_dim):
 
 
 def copy_into_hf(mla: MultiHeadLatentAttention, hf) -> None:
-    """Our unfused weights -> HF's fused ones, through the project's one mapping (hf_format.py)."""
+    """Our unfused weights -> HF's fused ones, through the project's one mapping (hugging_face/convert.py)."""
     hf.load_state_dict(attention_to_hf(mla.state_dict(), mla.n_heads), strict=True)
 
 

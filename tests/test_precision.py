@@ -14,7 +14,7 @@ from training_helpers import fixed_batches
 
 from components.deepseek_model import DeepSeekModel
 from constants import PRESETS
-from precision import Precision, backward, choose_precision, optimizer_step, step_with_scaler, unscale_and_clip
+from training.precision import Precision, backward, choose_precision, optimizer_step, step_with_scaler, unscale_and_clip
 
 # --- the policy ------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -33,8 +34,10 @@ def mla_cache_entries(mla, x, start):
 
 
 def run(*args, cwd):
+    # the project runs from its clone: from another folder, its root goes on the import path
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "exercises", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=env)
 
 
 def fill(nb, solutions, overrides=None):

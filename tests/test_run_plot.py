@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from training_helpers import pattern_ids, tiny_cfg, train_cfg
 
-from plotting import plot_run, read_metrics
+from figures.plotting import plot_run, read_metrics
 from trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]

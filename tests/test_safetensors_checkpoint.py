@@ -11,11 +11,11 @@ import torch
 from training_helpers import pattern_ids, tiny_cfg, train_cfg
 
 import inference
-from checkpoint import CheckpointError, atomic_save, load_model, make_checkpoint, save_safetensors
 from components.deepseek_model import DeepSeekModel
 from constants import TINY
-from hf_format import main as convert
+from hugging_face.__main__ import main as convert
 from trainer import Trainer
+from training.checkpoint import CheckpointError, atomic_save, load_model, make_checkpoint, save_safetensors
 
 
 def test_trainer_writes_best_model_as_safetensors_and_json_that_load_to_the_same_model(tmp_path):

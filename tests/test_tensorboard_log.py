@@ -10,7 +10,7 @@ import pytest
 from training_helpers import write_corpus
 
 import train
-from run_log import RunLog, TensorBoardLog
+from training.run_log import RunLog, TensorBoardLog
 
 
 def read_events(log_dir) -> tuple[dict, dict]:
@@ -62,7 +62,7 @@ def test_tensorboard_sink_gets_every_row_and_survives_a_second_train_call(tmp_pa
 
 def test_tensorboard_flag_without_the_package_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)                 # `import tensorboard` now fails
-    monkeypatch.setattr("data.prepare_data", lambda *a, **k: pytest.fail("data preparation started"))
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data preparation started"))
     code = train.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--max-steps", "1",
                        "--tensorboard", str(tmp_path / "tb")])
     assert code == 2

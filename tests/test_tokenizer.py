@@ -15,7 +15,7 @@ import pytest
 
 from constants import EOT_TOKEN_ID
 from data.sources import SAMPLE_DIR
-from utils import GPT2_ENCODER_SHA256, _gpt2_encoder_path, get_tokenizer, tokenizer_identity
+from utils import GPT2_ENCODER_SHA256, get_tokenizer, gpt2_encoder_path, tokenizer_identity
 
 ROUND_TRIPS = {
     "accents": "Café, naïve façade, Ærøskøbing, São Paulo, crème brûlée",
@@ -59,7 +59,7 @@ def test_special_token_handling(tokenizer):
 
 def test_tampered_encoder_is_rejected(tmp_path):
     tampered = tmp_path / "encoder.json"
-    raw = _gpt2_encoder_path().read_bytes()
+    raw = gpt2_encoder_path().read_bytes()
     tampered.write_bytes(raw.replace(b'"Hello"', b'"Hellp"', 1))
     with pytest.raises(ValueError, match="sha256") as err:
         get_tokenizer(str(tampered))

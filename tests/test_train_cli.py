@@ -13,10 +13,10 @@ import torch
 from training_helpers import write_corpus
 
 import train
-from checkpoint import load_checkpoint, load_model
 from constants import PRESETS, TINY
 from data import prepare_data
 from trainer import TrainConfig, evaluate
+from training.checkpoint import load_checkpoint, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_bad_settings_fail_fast_with_one_line_and_exit_2(argv, message, capsys, 
     def no_data(*a, **k):
         raise AssertionError("data preparation started before the settings were checked")
 
-    monkeypatch.setattr("data.prepare_data", no_data)
+    monkeypatch.setattr("train.prepare_data", no_data)
     assert train.main(["--preset", "tiny", *argv]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

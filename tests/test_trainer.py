@@ -11,10 +11,11 @@ import pytest
 import torch
 from training_helpers import ListBatches, fixed_batches, pattern_ids, tiny_cfg, train_cfg
 
-import checkpoint
 from components.deepseek_model import DeepSeekModel
-from schedule import fit_time_horizon, lr_at
 from trainer import NonFiniteLossError, TrainConfig, Trainer, split_decay
+from training import checkpoint
+from training.schedule import lr_at
+from training.time_budget import fit_time_horizon
 
 
 def lr_factor(step, warmup_steps, horizon, min_lr_ratio):
@@ -76,8 +77,8 @@ def test_time_budget_refits_the_horizon_when_the_step_rate_changes(monkeypatch):
     # 10 slow steps (3 s: a cold or busy start), then 1 s per step, in a 2-minute budget: about
     # 10 + 90 = 100 steps fit. One fit after 10 steps would end the cosine at ~38 and train the other
     # ~60 steps at the lr floor; the refits after 20, 40, 80 steps follow the real rate.
-    import schedule as schedule_module
     import trainer as trainer_module
+    import training.time_budget as schedule_module
 
     clock = SimulatedClock()
     monkeypatch.setattr(trainer_module, "time", clock)
@@ -107,8 +108,8 @@ def test_a_time_fit_shorter_than_the_warmup_shrinks_the_warmup(monkeypatch):
     # max_steps=2000 fixes a 100-step warmup up front; a 1-minute budget at 1 s/step then fits ~57
     # steps. The warmup must shrink with the horizon: the run reaches the peak lr and decays to the
     # floor, instead of ending still on its warmup ramp (the chapter 6 run that never left warmup).
-    import schedule as schedule_module
     import trainer as trainer_module
+    import training.time_budget as schedule_module
 
     clock = SimulatedClock()
     monkeypatch.setattr(trainer_module, "time", clock)
@@ -369,7 +370,7 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 def test_keep_freed_memory_in_heap_is_safe_to_call_repeatedly():
     """The CPU allocator setting the Trainer applies: a bool (False off glibc), idempotent, training unaffected."""
-    from utils import keep_freed_memory_in_heap
+    from training.memory import keep_freed_memory_in_heap
 
     first, second = keep_freed_memory_in_heap(), keep_freed_memory_in_heap()
     assert isinstance(first, bool) and first == second

@@ -7,6 +7,9 @@ it measures and in which unit.
 
 from __future__ import annotations
 
+from common.cli import CommandLine
+from common.files import atomic_write
+
 
 def _figure(ncols: int = 1, width: float = 6.4, height: float = 3.6):
     import matplotlib.pyplot as plt
@@ -686,8 +689,6 @@ def plot_run_dir(run_dir, out=None):
 
     import matplotlib.pyplot as plt
 
-    from files import atomic_write
-
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
@@ -707,8 +708,6 @@ def plot_run_dir(run_dir, out=None):
 def plot_cli(argv: list[str] | None = None) -> int:
     """`python -m trainer plot RUN_DIR`: draw a finished or running run's metrics.jsonl into a PNG beside it."""
     import sys
-
-    from cli import CommandLine
 
     parser = CommandLine(prog="python -m trainer", description="Tools for a training run's output directory.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandLine)

@@ -1,7 +1,7 @@
 """Hugging Face format: our DeepSeekModel <-> transformers' DeepseekV3ForCausalLM / DeepseekV2ForCausalLM.
 
-    python -m checkpoint to-hf CHECKPOINT OUT_DIR    config.json + model.safetensors (+ GPT-2 tokenizer files)
-    python -m checkpoint from-hf HF_DIR OUT.pt       a DeepseekV3 / DeepseekV2 directory -> our checkpoint
+    python -m hugging_face to-hf CHECKPOINT OUT_DIR    config.json + model.safetensors (+ GPT-2 tokenizer files)
+    python -m hugging_face from-hf HF_DIR OUT.pt       a DeepseekV3 / DeepseekV2 directory -> our checkpoint
 
 This is the one place where our weight names meet Hugging Face's; the tests and benchmarks that
 compare against transformers import it. Per layer i (`blocks.i.` <-> `model.layers.i.`):
@@ -43,21 +43,22 @@ that `from-hf` restores them.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import re
-import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
-from cli import CommandLine
+from common.files import atomic_write
 from components.config import ModelConfig
-from files import atomic_write
+from components.deepseek_model import DeepSeekModel
+from training.checkpoint import atomic_save, check_tokenizer, load_model, make_checkpoint
+from utils import GPT2_ENCODER_SHA256, gpt2_encoder_path, tokenizer_identity
 
 # the eps that HF's DeepseekV2/V3 attention uses for its q/kv latent RMSNorms (not rms_norm_eps)
 HF_LATENT_NORM_EPS = 1e-6
@@ -427,17 +428,13 @@ def _write_json(value: dict, path: Path) -> Path:
     return atomic_write(path, lambda handle: json.dump(value, handle, indent=2), mode="w")
 
 
-def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
-    from safetensors.torch import save
-
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata)
     return atomic_write(path, lambda handle: handle.write(data))
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of an HF checkpoint directory: model.safetensors, sharded safetensors, or pytorch_model.bin."""
-    from safetensors.torch import load_file
-
     index = next((hf_dir / name for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
                   if (hf_dir / name).is_file()), None)
     if index is not None:
@@ -456,9 +453,7 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _gpt2_files() -> tuple[Path, Path]:
-    from utils import GPT2_ENCODER_SHA256, _gpt2_encoder_path
-
-    encoder = _gpt2_encoder_path()
+    encoder = gpt2_encoder_path()
     merges = encoder.with_name("vocab.bpe")
     for path, expected in ((encoder, GPT2_ENCODER_SHA256), (merges, GPT2_MERGES_SHA256)):
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != expected:
@@ -488,8 +483,6 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
 def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = False,
               say=print) -> list[Path]:
     """Our checkpoint (.pt or .safetensors) -> a Hugging Face directory; returns the files written."""
-    from checkpoint import load_model
-
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
     model, meta = load_model(checkpoint)
@@ -497,11 +490,9 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     for note in check_exportable(cfg, state):           # refusals raise here, before anything is written
         say(f"warning: {note}")
     tokenizer = meta.get("tokenizer")
-    from utils import tokenizer_identity
-
     ours = tokenizer is not None and tokenizer.get("encoder_sha256") == tokenizer_identity()["encoder_sha256"]
     config = hf_config_dict(cfg, tokenizer)
-    written = [save_safetensors(to_hf_state_dict(state, cfg), out_dir / "model.safetensors", {"format": "pt"}),
+    written = [write_safetensors(to_hf_state_dict(state, cfg), out_dir / "model.safetensors", {"format": "pt"}),
                _write_json(config, out_dir / "config.json")]
     if not ours:
         say(f"note: no tokenizer files written: the checkpoint's tokenizer is {tokenizer}, not this project's GPT-2")
@@ -515,9 +506,6 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
 
 def load_hf_dir(hf_dir: str | os.PathLike, context_length: int | None = None, device="cpu"):
     """A DeepseekV3/V2 directory -> (our DeepSeekModel in eval mode, meta like `checkpoint.load_model`'s)."""
-    from components.deepseek_model import DeepSeekModel
-    from utils import tokenizer_identity
-
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").is_file():
         raise HFFormatError(f"{hf_dir} has no config.json; pass a Hugging Face model directory "
@@ -555,8 +543,6 @@ def _is_mtp_or_rotary(key: str, n_layers: int) -> bool:
 def import_hf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, force: bool = False,
               context_length: int | None = None) -> Path:
     """A DeepseekV3/V2 directory -> our checkpoint at `out_path` (kind 'best', loadable by inference.py)."""
-    from checkpoint import atomic_save, make_checkpoint
-
     out_path = Path(out_path)
     if out_path.exists() and not force:
         raise HFFormatError(f"{out_path} exists; pass a new path, or --force to overwrite it")
@@ -566,42 +552,11 @@ def import_hf(hf_dir: str | os.PathLike, out_path: str | os.PathLike, force: boo
     return atomic_save(ckpt, out_path)
 
 
-# --- python -m checkpoint to-hf | from-hf ---------------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = CommandLine(prog="python -m checkpoint", description="Convert checkpoints to and from the Hugging Face "
-                         "format (DeepseekV3 for sigmoid routing, DeepseekV2 for softmax routing).")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandLine)
-    to_hf = commands.add_parser("to-hf", help="our checkpoint -> config.json + model.safetensors (+ tokenizer)")
-    to_hf.add_argument("checkpoint", help="a .pt (or .safetensors) checkpoint written by train.py / the Trainer")
-    to_hf.add_argument("out_dir", help="a new (or empty) directory for the Hugging Face files")
-    to_hf.add_argument("--force", action="store_true", help="overwrite files in a non-empty OUT_DIR")
-    from_hf = commands.add_parser("from-hf", help="a DeepseekV3/V2 directory -> our checkpoint")
-    from_hf.add_argument("hf_dir", help="directory with config.json and model.safetensors")
-    from_hf.add_argument("out", help="our checkpoint to write (.pt)")
-    from_hf.add_argument("--context-length", type=int, metavar="T",
-                         help="RoPE table length (default: the model's max_position_embeddings)")
-    from_hf.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    from checkpoint import CheckpointError
-
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "to-hf":
-            written = export_hf(args.checkpoint, args.out_dir, force=args.force)
-            print(f"wrote {', '.join(p.name for p in written)} to {args.out_dir}; load it with "
-                  f"transformers.AutoModelForCausalLM.from_pretrained({str(args.out_dir)!r})")
-        else:
-            path = import_hf(args.hf_dir, args.out, force=args.force, context_length=args.context_length)
-            print(f"wrote {path}; sample from it with: python inference.py --model_path {path}")
-    except (HFFormatError, CheckpointError, OSError) as err:
-        print(f"python -m checkpoint {args.command}: error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, OSError) else 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def load_any_model(path: str | os.PathLike, device="cpu"):
+    """A model from any of the project's formats -> (model in eval mode on `device`, meta): a Hugging Face
+    directory (`load_hf_dir`), else our .pt / .safetensors checkpoint (`training.checkpoint.load_model`)."""
+    if (Path(path) / "config.json").is_file():
+        model, meta = load_hf_dir(path, device=device)
+        check_tokenizer(meta, path)
+        return model, meta
+    return load_model(path, device=device)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from components.settings import Settings, bad_field, check
 from constants import SEED
-from precision import PRECISIONS as DTYPES
+from training.precision import PRECISIONS as DTYPES
 
 
 @dataclass(frozen=True)

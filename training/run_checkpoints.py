@@ -16,7 +16,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
-import checkpoint as ckpt_io
+from training import checkpoint as ckpt_io
 
 PREVIOUS_CHECKPOINT = "previous.pt"      # the save before latest.pt, for a rollback after a non-finite loss
 

@@ -7,8 +7,9 @@ Why a hand-written node: at SMALL sizes on a 2-core CPU the (B*T, V) = (1024, 50
 plus loss about half of a training step. Written out, the same maths needs one elementwise pass over
 the logits instead of several and lets the logits rows start on cache-line boundaries; measured
 ~65 ms less of an ~860 ms head (and 1.18x HF DeepseekV3ForCausalLM on the whole training step,
-`python -m benchmarks.train`). The model uses it only where that was measured: fp32 on CPU without
-autocast (see `DeepSeekModel._fuse_head_and_loss`); everything else takes `F.cross_entropy`.
+`python -m benchmarks.train`). The model's own forward stays the textbook head + `F.cross_entropy`; the
+trainer passes this one in (`DeepSeekModel.forward(..., head_loss=...)`) only where it was measured:
+fp32 on CPU without autocast (`head_loss_for`).
 
 Shapes: N tokens, D model width, V vocab.
 """
@@ -90,3 +91,11 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
     flattening everything needs `.contiguous()` first.
     """
     return HeadCrossEntropy.apply(hidden, weight, targets)
+
+
+def head_loss_for(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor):
+    """`head_cross_entropy` where its speed-up was measured (fp32 weights on CPU, no autocast, plain class
+    targets), else None: the model's textbook head + F.cross_entropy. Call it inside the autocast context."""
+    fits = (x.device.type == "cpu" and model.head.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and targets.numel() > 0 and int(targets.min()) >= 0)
+    return head_cross_entropy if fits else None

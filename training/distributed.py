@@ -19,8 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils import pick_device
-
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,6 +34,9 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+ONE_PROCESS = DistInfo()      # the default of every helper: no torchrun, one process
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -62,18 +63,6 @@ def close_distributed(info: DistInfo) -> None:
     """Leave the process group if this process joined it."""
     if info.created and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def resolve_device(requested: str, info: DistInfo) -> torch.device:
-    """The device this rank trains on: `pick_device` for one process, this rank's GPU under DDP."""
-    if not info.enabled:
-        return pick_device(requested)
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = pick_device(requested)
-    if device.type == "mps":
-        raise ValueError("--device mps: DDP runs on CUDA (nccl) or CPU (gloo); use --device cpu")
-    return torch.device("cuda", info.local_rank) if device.type == "cuda" else device
 
 
 def wrap_ddp(model: nn.Module, device: torch.device, has_experts: bool) -> nn.Module:

@@ -27,6 +27,7 @@ the new complete file, never half of one.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -35,12 +36,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
+from common.files import atomic_write
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
-from files import atomic_write
-from utils import tokenizer_identity
+from training.memory import available_memory
+from utils import parameter_count_from_config, tokenizer_identity
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "kind", "model", "model_config", "step")
@@ -256,23 +260,12 @@ def values_held(state: dict) -> int:
     return sum(storages.values())
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says can still be allocated without swapping (Linux MemAvailable); None elsewhere."""
-    with suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as handle:
-            line = next(line for line in handle if line.startswith("MemAvailable:"))
-        return int(line.split()[1]) * 1024
-    return None
-
-
 def check_size(cfg: ModelConfig, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
     """Before building: the config's parameter count must match the weights present and fit in memory.
 
     A file of a few KB whose config says d_model=65536 would otherwise make `DeepSeekModel(cfg)` try to
     allocate (and initialise) hundreds of GB before `load_state_dict` could notice anything.
     """
-    from utils import parameter_count_from_config
-
     if not isinstance(ckpt["model"], dict):
         raise CheckpointError(f"{path}: its 'model' entry is a {type(ckpt['model']).__name__}, not a state_dict; "
                               "use a checkpoint written by train.py / Trainer")
@@ -293,14 +286,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
 
     `meta` is the checkpoint minus weights and optimizer state: model/train config dicts, step,
     tokenizer identity, trainer stats (e.g. `meta['trainer']['best_val_loss']`). `path` is a .pt
-    checkpoint, a .safetensors file with its .json beside it, or a Hugging Face model directory.
+    checkpoint or a .safetensors file with its .json beside it (a Hugging Face directory too:
+    `hugging_face.convert.load_any_model`).
     """
-    if (Path(path) / "config.json").is_file():       # a Hugging Face directory (python -m checkpoint to-hf)
-        from hf_format import load_hf_dir
-
-        model, meta = load_hf_dir(path, device=device)
-        check_tokenizer(meta, path)
-        return model, meta
     ckpt = load_safetensors(path) if Path(path).suffix == ".safetensors" else load_checkpoint(path, map_location="cpu")
     check_tokenizer(ckpt, path)
     cfg = config_from_checkpoint(ckpt, path)
@@ -322,10 +310,6 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike) -> Path:
     safetensors holds raw tensors and a header, so loading it can run no code, and tools outside
     PyTorch read it. Training state stays in the weights_only .pt; this pair is for using the model.
     """
-    import json
-
-    from safetensors.torch import save
-
     path = Path(path)
     weights = dict(ckpt["model"])
     if ckpt["model_config"].get("tie_embeddings") and "head.weight" in weights:
@@ -338,11 +322,6 @@ def save_safetensors(ckpt: dict, path: str | os.PathLike) -> Path:
 
 def load_safetensors(path: str | os.PathLike) -> dict:
     """Read a `save_safetensors` pair back as a checkpoint dict (weights + meta); CheckpointError if unusable."""
-    import json
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path, meta_path = Path(path), Path(path).with_suffix(".json")
     for needed in (path, meta_path):
         if not needed.is_file():
@@ -361,10 +340,3 @@ def load_safetensors(path: str | os.PathLike) -> dict:
         weights.setdefault("head.weight", weights["embed.weight"])
     return ckpt | {"model": weights}
 
-
-if __name__ == "__main__":          # python -m checkpoint to-hf CHECKPOINT OUT_DIR | from-hf HF_DIR OUT.pt
-    import sys
-
-    from hf_format import main
-
-    sys.exit(main())

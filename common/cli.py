@@ -1,9 +1,7 @@
 """What every command line of the project shares: typed KEY=VALUE values and one argparse convention.
 
-- `parse_value("3e-4", float)` types a `--set KEY=VALUE` value by the config field's annotation
-  (train.py and `python -m ablation` parse with it; inference.py's settings also accept 'off' for
-  None and word their errors for a prompt, so `inference.parser_for` builds its parsers from the
-  same annotations).
+- `parse_value("3e-4", float)` types a value by the config field's annotation: the one grammar of every
+  flag, `--set KEY=VALUE` and interactive `:name value` command of the project.
 - `CommandLine` is argparse with the project's conventions: a bad flag is one line on stderr and
   exit code 2 (no usage block); every long flag accepts both spellings (`--max-steps` and
   `--max_steps`); `--help` shows each flag's default.
@@ -13,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import types
 import typing
 
@@ -22,33 +19,38 @@ class UsageError(ValueError):
     """A bad flag or value: one line on stderr, exit code 2, before any work starts."""
 
 
+NONE_WORDS = ("none", "null", "off")      # what sets an optional field (`X | None`) to None
+
+
 def parse_value(text: str, annotation) -> object:
-    """Parse `text` as the field type: int, float, bool, str, tuples (comma-separated), X | None."""
+    """Parse `text` as the field type: int, float, bool, str, tuples (comma-separated), X | None.
+
+    The one grammar for values: `train.py --set`, `python -m ablation --set`, inference.py's flags and its
+    interactive `:name value` commands all parse here. Booleans read on/off, true/false, yes/no, 1/0; an
+    optional field reads none/null/off as None."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    if type(None) in options and text.strip().lower() in ("none", "null"):
-        return None
+    optional = type(None) in options
     kind = next(o for o in options if o is not type(None))
+    if optional and kind is not bool and text.strip().lower() in NONE_WORDS:
+        return None
     if typing.get_origin(kind) is tuple:
         inner = typing.get_args(kind)[0]
         sep = "|" if inner is str else ","
         return tuple(parse_value(part.strip() if inner is not str else part, inner) for part in text.split(sep))
+    or_none = " or 'none'" if optional else ""
     if kind is bool:
         lowered = text.strip().lower()
         if lowered in ("1", "true", "yes", "on"):
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"expects true/false, got {text!r}")
-    if kind is int:
+        raise ValueError(f"expects on/off (true/false){or_none}, got {text!r}")
+    if kind in (int, float):
         try:
-            return int(text)
+            return kind(text)
         except ValueError:
-            raise ValueError(f"expects an integer, got {text!r}") from None
-    if kind is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"expects a number, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"expects {what}{or_none}, got {text!r}") from None
     return text
 
 
@@ -97,9 +99,3 @@ class CommandLine(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def fail(prog: str, message: str) -> int:
-    """Print a usage error as one line on stderr; return the exit code 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
