@@ -10,7 +10,7 @@ Figures (names and shapes as in components/, symbols as in docs/maths.md):
     moe_routing.png           DeepSeekMoE: sigmoid affinities, selection-only bias, top-K, shared experts
     balancing_loops.png       chapter 5: the auxiliary loss and the bias sign rule, from the counts back to the router
     sampling_pipeline.png     chapter 7: process_logits in order, then the draw, fed back
-    cache_budget.png          chapter 7: cached tokens over one generation (prefill, growth, the window), bytes per token
+    cache_budget.png          chapter 7: cached tokens over one generation (prefill, growth, window), bytes/token
     ablation_grid.png         chapter 8: variants x seeds -> records -> mean, SE, verdict
 
 One colour per kind of thing, the same in every figure (see COLORS): cached tensors, learned weights,
@@ -308,8 +308,9 @@ def draw_model_block_diagram(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def draw_mla_data_flow(path: Path) -> list[str]:
     c = Canvas(100, 90, "Multi-Head Latent Attention (MLA): data flow of one layer")
-    c.text(50, 81.5, "without query compression (q_latent_dim=None, as in V2-Lite): no W_DQ / q_norm; "
-           "q_C = W_Q h_t (w_q) and q_R = RoPE(W_QR h_t)", size=SIZE["note"], style="italic")
+    c.text(50, 81.5, "drawn with query compression (q_latent_dim set, as in V2 and V3); without it (q_latent_dim=None,\n"
+           "as in V2-Lite) one W_Q (w_q) replaces W_DQ, q_norm and W_UQ, and W_QR reads h_t", size=SIZE["note"],
+           style="italic")
     rows = {"qC": 74, "qR": 65, "kR": 55, "kC": 46, "ckv": 37, "v": 28}
     x1, x2, x3, x4, x5 = 15.5, 27.5, 40.5, 57, 70
 
@@ -364,8 +365,8 @@ def draw_mla_data_flow(path: Path) -> list[str]:
     c.inside(scores, xs, mid + 8, "scores, per head i", size=SIZE["main"])
     c.inside(scores, xs, mid, r"$\frac{q^C_{t,i}\cdot k^C_{s,i} \;+\; q^R_{t,i}\cdot k^R_s}{\sqrt{d_h + d_R}}$",
              size=13)
-    c.inside(scores, xs, mid - 8, "i.e. [q_C; q_R]·[k_C; k_R]: the two\n"
-             "parts are concatenated per head,\nnot added (eqs 16-18)", size=SIZE["sub"])
+    c.inside(scores, xs, mid - 8, "= [q_C; q_R]·[k_C; k_R]: q and k are\n"
+             "concatenated per head (eqs 16-17),\nso the score is the SUM of two dots", size=SIZE["sub"])
     for src, yy in ((q_c, rows["qC"]), (q_r, rows["qR"]), (k_c, rows["kC"])):
         c.arrow(src.right, (xs - ws / 2, yy))
     c.arrow(k_r.right, (xs - ws / 2, rows["kR"]))
@@ -393,9 +394,16 @@ def draw_mla_data_flow(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # 3. the absorption trick
 # ----------------------------------------------------------------------------------------------
-def decode_costs(S: int, H: int, d_h: int, d_c: int) -> tuple[int, int]:
-    """Multiply-adds per decode step and layer for the key side: naive, absorbed."""
-    return S * d_c * H * d_h, H * d_h * d_c + S * H * d_c
+def decode_step_flops(S: int, d: int, H: int, C: int, R: int, D: int, V: int, Q: int) -> tuple[int, int]:
+    """FLOPs (a multiply-add counts 2) of one MLA decode step and layer over S cached tokens: (naive, absorbed).
+
+    Every term of chapter 3's table: queries, the new cache entry, keys, values, scores, weighted sum, W_O.
+    d model width, H heads, C latent, R RoPE dim, D nope head dim, V value head dim, Q query latent.
+    """
+    same_in_both = 2 * d * Q + 2 * Q * H * (D + R) + 2 * d * (C + R) + 2 * d * H * V
+    naive = same_in_both + 2 * S * C * H * D + 2 * S * C * H * V + 2 * S * H * (D + R) + 2 * S * H * V
+    absorbed = same_in_both + 2 * H * D * C + 2 * S * H * (C + R) + 2 * S * H * C + 2 * H * C * V
+    return naive, absorbed
 
 
 def draw_absorption_regrouping(path: Path) -> list[str]:
@@ -468,10 +476,10 @@ def draw_absorption_regrouping(path: Path) -> list[str]:
            "= O(H·d_h·d_c + S·H·d_c);\nthe term that grows with S is d_h times smaller than the naive path's",
            ha="left", size=SIZE["caption"], color="#006d2c")
 
-    naive, absorbed = decode_costs(S=4096, H=128, d_h=128, d_c=512)
+    naive, absorbed = decode_step_flops(S=4096, d=7168, H=128, C=512, R=64, D=128, V=128, Q=1536)
     c.legend(2, 1.6, ["cached", "learned", "activation", "op"])
-    c.text(2, 4.9, f"e.g. DeepSeek-V3 sizes (H=128, d_h=128, d_c=512) at S=4096: naive {naive / 1e9:.1f} G vs "
-           f"absorbed {absorbed / 1e9:.2f} G multiply-adds per layer and step ({naive / absorbed:.0f}x).\n"
+    c.text(2, 4.9, f"e.g. DeepSeek-V3 sizes at S=4096, one layer's whole decode step (as chapter 3's table counts it): "
+           f"naive {naive / 1e9:.1f} vs absorbed {absorbed / 1e9:.2f} GFLOP ({naive / absorbed:.1f}x).\n"
            "DeepSeek-V2 §2.1.2: \"W_UK can be absorbed into W_Q, and W_UV into W_O\"; ours applies them per call "
            "with einsums (docs/maths.md §1.6).", ha="left", size=SIZE["caption"], style="italic")
     return c.save(path)
@@ -510,7 +518,7 @@ def draw_moe_routing(path: Path) -> list[str]:
     y_e, x_first, dx, bus = 35, 22, 6.6, 42
     experts = [c.box(x_first + i * dx, y_e, 5.6, 6, f"FFN{i + 1}", "learned" if i in selected else "idle", size=7.5)
                for i in range(n_routed)]
-    c.text(44, bus + 2.2, f"N_r routed experts (here {n_routed}, K = {len(selected)})", size=SIZE["sub"])
+    c.text(44, bus + 2.2, f"N_r routed experts ({n_routed} drawn, K = {len(selected)})", size=SIZE["sub"])
     c.arrow(u.at("right", bus - u.y), (topk.x, bus), head=False)
     for i in selected:
         c.arrow((experts[i].x, bus), experts[i].top)
@@ -531,7 +539,7 @@ def draw_moe_routing(path: Path) -> list[str]:
     for box in shared:
         c.arrow((box.x, shared_bus), box.top)
         c.arrow(box.bottom, (box.x, out_line), head=False)
-    c.text(50, y_s, "N_s shared experts (here 2): every token, unweighted\n"
+    c.text(50, y_s, "N_s shared experts (2 drawn; V2 has 2, V3 1): every token,\nunweighted "
            "(shared-expert isolation, DeepSeekMoE §3)", ha="left", size=SIZE["sub"])
     plus = c.op(87, out_line)
     c.arrow((shared[0].x, out_line), plus.left)
@@ -646,8 +654,8 @@ def draw_cache_budget(path: Path) -> list[str]:
            ha="left", size=SIZE["sub"])
 
     # bytes per cached token, per layer
-    mla = c.box(84, 44, 26, 8, r"MLA: $d_c + d_h^R$", "cached", sub="latent c^KV + shared RoPE key")
-    mha = c.box(84, 30, 26, 8, r"MHA: $2\,n_h d_h$", "cached", sub="keys and values of every head")
+    c.box(84, 44, 26, 8, r"MLA: $d_c + d_h^R$", "cached", sub="latent c^KV + shared RoPE key")
+    c.box(84, 30, 26, 8, r"MHA: $2\,n_h d_h$", "cached", sub="keys and values of every head")
     c.text(84, 21, "GQA: 2 n_g d_h,   MQA: 2 d_h", size=SIZE["sub"])
     c.text(50, 7.5, "bytes = layers × cached tokens × values per token × bytes per value"
            "   (utils.kv_cache_bytes; fp32: 4, bf16: 2)", size=SIZE["note"])
@@ -693,6 +701,40 @@ def draw_ablation_grid(path: Path) -> list[str]:
     return c.save(path)
 
 
+# ----------------------------------------------------------------------------------------------
+# 9. one optimizer step (chapter 6)
+# ----------------------------------------------------------------------------------------------
+def draw_training_step(path: Path) -> list[str]:
+    c = Canvas(100, 62, "One optimizer step: forward, backward, clip, this step's lr, AdamW, the router bias")
+    y = 40
+    batch = c.box(10, y, 15, 8, "batch", "activation", sub="x, y: (B, T) token ids")
+    forward = c.box(29, y, 17, 8, "forward", "learned", sub="loss = CE + balance", size=9.5)
+    backward = c.box(48, y, 15, 8, "backward", "op", sub="loss.backward(): grads")
+    clip = c.box(66, y, 15, 8, "clip", "op", sub="global norm ≤ grad_clip")
+    adamw = c.box(86, y, 17, 8, "AdamW step", "learned", sub="weights, moments")
+    for a, b in ((batch, forward), (forward, backward), (backward, clip), (clip, adamw)):
+        c.arrow(a.right, b.left)
+    c.text(29, 46.5, "logits (B, T, V)", size=SIZE["sub"])
+    c.text(48, 46.5, "p.grad for every weight", size=SIZE["sub"])
+
+    # the learning rate of this step: a plain function of the step number
+    lr = c.box(86, 53, 20, 6, "lr_at(step)", "op", sub="warmup, then cosine")
+    c.arrow(lr.bottom, adamw.top)
+
+    # the loads of the forward drive the bias, a buffer that no gradient touches
+    loads = c.box(29, 20, 20, 8, "tokens per expert", "activation", sub="c_i: (E,) per MoE layer")
+    bias = c.box(80, 20, 28, 8, "router bias update", "buffer", sub="b_i ← b_i + γ sign(c̄ − c_i)")
+    c.arrow(forward.bottom, loads.top)
+    c.arrow(loads.right, bias.left)
+    c.text(54.5, 22.2, "once per step, after AdamW", size=SIZE["sub"])
+    c.text(54.5, 17.8, "(DeepSeek-V3 §2.1.2)", size=SIZE["sub"])
+
+    c.text(50, 9.5, "trainer.train_step adds: grad_accum micro-batches, a stop on a non-finite loss before the "
+           "update,\nand (chapter 6, Going deeper) DDP's all-reduce and fp16's GradScaler", size=SIZE["caption"])
+    c.legend(2, 3.0, ["learned", "activation", "op", "buffer"])
+    return c.save(path)
+
+
 FIGURES: dict[str, Callable[[Path], list[str]]] = {
     "model_block_diagram.png": draw_model_block_diagram,
     "mla_data_flow.png": draw_mla_data_flow,
@@ -702,6 +744,7 @@ FIGURES: dict[str, Callable[[Path], list[str]]] = {
     "sampling_pipeline.png": draw_sampling_pipeline,
     "cache_budget.png": draw_cache_budget,
     "ablation_grid.png": draw_ablation_grid,
+    "training_step.png": draw_training_step,
 }
 
 
