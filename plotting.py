@@ -421,6 +421,52 @@ def _as_array(x):
     return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
 
 
+def plot_training_run(steps, train_loss, val_steps, val_loss, lr, load_ratios: dict, baselines: dict | None = None,
+                      smooth: int = 9, ceiling: float | None = None, title: str = "Training on the essays"):
+    """Three panels on one shared step axis: the losses, the learning rate, the expert load per MoE layer.
+
+    steps, train_loss, lr: the 'train' rows (one batch's ce each); val_steps, val_loss: the 'eval' rows;
+    load_ratios: layer label -> max/ideal expert load at each train row; baselines: label -> reference loss
+    (dotted). Noisy series are drawn faintly as logged, with a centred moving average over `smooth`
+    logged points on top; the legends say which lines are smoothed. ceiling: E/K, a collapsed router.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.asarray(steps)
+    fig, (loss_ax, lr_ax, load_ax) = plt.subplots(3, 1, figsize=(8.0, 8.4), sharex=True, constrained_layout=True,
+                                                  gridspec_kw={"height_ratios": [3, 1.2, 2]})
+    loss_ax.plot(steps, train_loss, color="C0", alpha=0.3, linewidth=0.8, label="train: one batch per point")
+    loss_ax.plot(steps, _moving_average(train_loss, smooth), color="C0", linewidth=1.6,
+                 label=f"train: moving average of {smooth} points")
+    loss_ax.plot(val_steps, val_loss, "o-", color="C1", markersize=4, label="validation (not smoothed)")
+    for i, (label, value) in enumerate((baselines or {}).items()):
+        loss_ax.axhline(value, color=("gray", "black", "brown")[i % 3], linestyle=":", linewidth=1.2,
+                        label=f"{label} = {value:.2f}")
+    loss_ax.set_ylabel("cross-entropy (nats/token)")
+    loss_ax.set_title(title)
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    lr_ax.plot(steps, lr, color="C2", linewidth=1.4)
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lr_ax.set_ylim(bottom=0)
+    lr_ax.grid(alpha=0.3)
+    for i, (label, ratios) in enumerate(load_ratios.items()):
+        load_ax.plot(steps, ratios, color=f"C{(i + 3) % 10}", alpha=0.3, linewidth=0.8)
+        load_ax.plot(steps, _moving_average(ratios, smooth), color=f"C{(i + 3) % 10}", linewidth=1.6,
+                     label=f"{label} (moving average of {smooth})")
+    load_ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    if ceiling:
+        load_ax.axhline(ceiling, color="red", linestyle="--", linewidth=1, label=f"collapse: E/K = {ceiling:g}")
+        load_ax.set_ylim(0.95, ceiling + 0.1)
+    load_ax.set_ylabel("max / ideal expert load")
+    load_ax.set_xlabel("optimizer step")
+    load_ax.grid(alpha=0.3)
+    load_ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
 def _moving_average(values, window: int):
     """Centred moving average along axis 0 (the window shrinks at the ends)."""
     import numpy as np
