@@ -197,34 +197,88 @@ def plot_total_vs_active_params(counts: dict, reported: dict | None = None,
 
 # --- chapter 8: ablations -------------------------------------------------------------------
 def plot_ablation_losses(losses: dict, title: str = "Validation loss per run",
-                         ylabel: str = "final validation loss (nats/token)"):
+                         ylabel: str = "final validation loss (nats/token)", baseline: str | None = None):
     """Every seed's loss as a dot, the mean as a bar and ± the sample std as an error bar, one column
     per run: the seed spread in view.
 
-    losses: run name -> list of per-seed losses (from the ablation records).
+    losses: run name -> list of per-seed losses (from the ablation records). baseline: the run the others are
+    compared with (default: the first); its mean is one dashed line across the plot, and beside every other
+    run a grey band spans baseline mean ± 2 SE of that run's difference (SE = sqrt(s_a²/n_a + s_b²/n_b), as in
+    the tables): a mean outside its band is a resolved difference. A run far outside the others' range (more
+    than twice that range beyond it) is drawn as an arrow at the edge with its mean written out, so that it
+    does not squash the rest. The y-axis shows the losses themselves, never an offset.
     """
-    fig, ax = _figure(width=max(6.4, 0.9 * len(losses) + 2.5), height=3.8)
     names = list(losses)
-    for i, name in enumerate(names):
-        values = [v for v in losses[name] if v is not None]
-        if not values:
+    values = {n: [v for v in losses[n] if v is not None] for n in names}
+    base = baseline if baseline in values else (names[0] if names else None)
+
+    def mean_std(v):
+        m = sum(v) / len(v)
+        return m, ((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None)
+
+    stats = {n: mean_std(v) for n, v in values.items() if v}
+    outliers = set()
+    for n in stats:
+        rest = [x for other, v in values.items() if other != n for x in v]
+        if n == base or len(rest) < 2:
             continue
-        mean = sum(values) / len(values)
-        ax.hlines(mean, i - 0.3, i + 0.3, color=f"C{i % 10}", linewidth=2.5,
-                  label="mean over seeds" if i == 0 else None)
-        if len(values) > 1:                                   # sample std (ddof=1), as in the tables
-            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-            ax.errorbar(i + 0.12, mean, yerr=std, color=f"C{i % 10}", capsize=4, linewidth=1.2,
-                        label="± sample std" if i == 0 else None)
-        ax.plot([i] * len(values), values, "o", color=f"C{i % 10}", markerfacecolor="none", markersize=6,
-                label="one seed" if i == 0 else None)
+        lo, hi = min(rest), max(rest)
+        span = max(hi - lo, 1e-9)
+        if min(values[n]) > hi + 2 * span or max(values[n]) < lo - 2 * span:
+            outliers.add(n)
+    fig, ax = _figure(width=max(6.4, 0.9 * len(names) + 2.5) + 2.2, height=3.8)
+    bands = {}
+    if base in stats and stats[base][1] is not None:
+        b_mean, b_std = stats[base]
+        ax.axhline(b_mean, color="0.35", linestyle="--", linewidth=1, label=f"baseline mean ({base})")
+        for i, n in enumerate(names):
+            if n == base or n not in stats or stats[n][1] is None or n in outliers:
+                continue
+            se = (stats[n][1] ** 2 / len(values[n]) + b_std ** 2 / len(values[base])) ** 0.5
+            bands[n] = (b_mean - 2 * se, b_mean + 2 * se)
+            ax.fill_between([i - 0.42, i + 0.42], *bands[n], color="0.6", alpha=0.25, linewidth=0,
+                            label="baseline ± 2 SE of the difference" if len(bands) == 1 else None)
+    labelled = set()
+    for i, n in enumerate(names):
+        if n not in stats or n in outliers:
+            continue
+        mean, std = stats[n]
+        color = f"C{i % 10}"
+        ax.hlines(mean, i - 0.3, i + 0.3, color=color, linewidth=2.5,
+                  label="mean over seeds" if "mean" not in labelled else None)
+        labelled.add("mean")
+        if std is not None:                                   # sample std (ddof=1), as in the tables
+            ax.errorbar(i + 0.12, mean, yerr=std, color=color, capsize=4, linewidth=1.2,
+                        label="± sample std" if "std" not in labelled else None)
+            labelled.add("std")
+        ax.plot([i] * len(values[n]), values[n], "o", color=color, markerfacecolor="none", markersize=6,
+                label="one seed" if "seed" not in labelled else None)
+        labelled.add("seed")
+    shown = [x for n in stats if n not in outliers for x in values[n]] + [y for n, b in bands.items()
+                                                                         if n not in outliers for y in b]
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = 0.12 * max(hi - lo, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
+    for n in outliers:
+        i = names.index(n)
+        mean, std = stats[n]
+        top = mean > ax.get_ylim()[1]
+        y = ax.get_ylim()[1 if top else 0]
+        ax.annotate("", xy=(i, y), xytext=(i, y - (1 if top else -1) * 0.18 * (ax.get_ylim()[1] - ax.get_ylim()[0])),
+                    arrowprops=dict(arrowstyle="-|>", color=f"C{i % 10}", linewidth=2))
+        ax.text(i, y - (1 if top else -1) * 0.22 * (ax.get_ylim()[1] - ax.get_ylim()[0]),
+                f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + "\noff the scale",
+                ha="center", va="top" if top else "bottom", fontsize=7.5, color=f"C{i % 10}")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names), default=0) > 8 else 0,
                   ha="right" if max(map(len, names), default=0) > 8 else "center", fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_xlabel("run")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
