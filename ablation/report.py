@@ -121,6 +121,22 @@ def compare(row: dict, base: dict) -> dict:
     return {"delta": delta, "se": se, "resolved": abs(delta) > 2 * se}
 
 
+def delta_digits(c: dict) -> int:
+    """Decimals for Δ ± SE: 3, or 4 where Δ and SE rounded to 3 would give another ratio than the verdict's
+    (0.0172 ± 0.0085 is 2.0 SE; printed as 0.017 ± 0.009 a reader would compute 1.9). Only a resolved row
+    prints a ratio; the others keep 3."""
+    if not c.get("se") or not c.get("resolved"):
+        return 3
+    shown = round(abs(c["delta"]), 3) / max(round(c["se"], 3), 1e-12)
+    return 3 if round(shown, 1) == round(abs(c["delta"]) / c["se"], 1) else 4
+
+
+def delta_text(c: dict) -> str:
+    """Δ ± SE with the decimals of `delta_digits`, so that their ratio reads as the verdict says."""
+    d = delta_digits(c)
+    return f"{c['delta']:+.{d}f}" if c["se"] is None else f"{c['delta']:+.{d}f} ± {c['se']:.{d}f}"
+
+
 def verdict_text(c: dict) -> str:
     if c["delta"] is None:
         return "–"
@@ -128,7 +144,7 @@ def verdict_text(c: dict) -> str:
         return "one seed: no spread to judge"
     if c["resolved"]:
         return f"resolved ({abs(c['delta']) / c['se']:.1f} SE)"
-    return f"not resolved (needs Δ beyond ±{2 * c['se']:.3f})"
+    return f"not resolved (needs Δ beyond ±{2 * c['se']:.{delta_digits(c)}f})"
 
 
 def table_cells(rows: list[dict]) -> list[dict]:
@@ -136,8 +152,7 @@ def table_cells(rows: list[dict]) -> list[dict]:
     cells = []
     for i, row in enumerate(rows):
         c = compare(row, rows[0])
-        delta = ("–" if c["delta"] is None or i == 0 else f"{c['delta']:+.3f}" if c["se"] is None
-                 else f"{c['delta']:+.3f} ± {c['se']:.3f}")
+        delta = "–" if c["delta"] is None or i == 0 else delta_text(c)
         dead = row["dead_final"]["mean"]
         values = (row["name"], len(row["seeds"]), _pm(row["val_loss"]), _range(row["val_loss"]), delta,
                   "baseline" if i == 0 else verdict_text(c), f"{row['kv_bytes_bf16']:,}",

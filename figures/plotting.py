@@ -77,7 +77,7 @@ def plot_cache_bytes_per_token(presets, bytes_by_kind: dict, title: str = "KV-ca
     for i, kind in enumerate(kinds):
         values = bytes_by_kind[kind]
         bars = ax.bar(x + (i - (len(kinds) - 1) / 2) * width, values, width, label=kind, color=f"C{i}")
-        labels = [f"{v / 1024:.1f}k" if v >= 1024 else f"{v}" for v in values]
+        labels = [f"{v:,d}" for v in values]                    # exact bytes, as the printed tables
         ax.bar_label(bars, labels=labels, fontsize=7, padding=1)
     ax.set_yscale("log")
     ax.set_xticks(x, list(presets))
@@ -108,6 +108,51 @@ def plot_decode_step_cost(x, series: dict, ylabel: str, title: str, xlabel: str 
     return fig
 
 
+def plot_rope_rotation(pair_paths: dict, scores_by_query_position: dict,
+                       title: str = "RoPE: rotation by position, scores by offset"):
+    """Two panels. Left: where one feature pair (x_2i, x_2i+1) of a vector lands at positions 0, 1, 2, ...
+    for a few pairs i (fast and slow frequencies); pair number k is scaled onto the circle of radius k + 1.
+    Right: the score q_t . k_s after RoPE against the offset t - s, one line per query position t;
+    lines that lie on top of each other show the score depends on the offset only.
+
+    pair_paths: label -> (positions, (M, 2) array of the rotated pair at each position);
+    scores_by_query_position: query position t -> (offsets t - s, the scores at those offsets).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (ax, ax_score) = plt.subplots(1, 2, figsize=(11.0, 4.4), constrained_layout=True,
+                                       gridspec_kw={"width_ratios": [1, 1.5]})
+    for i, (label, (positions, points)) in enumerate(pair_paths.items()):
+        pts = np.asarray(points, dtype=float)
+        pts = pts / float(np.hypot(*pts[0])) * (i + 1)        # pair number i drawn on the circle of radius i + 1
+        circle = np.linspace(0, 2 * np.pi, 200)
+        ax.plot((i + 1) * np.cos(circle), (i + 1) * np.sin(circle), color=f"C{i}", alpha=0.25, linewidth=1)
+        ax.plot(pts[:, 0], pts[:, 1], "o-", color=f"C{i}", markersize=3.5, linewidth=0.8, label=label)
+        for m, (px, py) in zip(positions, pts, strict=True):
+            if m in (positions[0], positions[1], positions[-1]):
+                ax.annotate(f"m={m}", (px, py), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=f"C{i}")
+    ax.set_aspect("equal")
+    ax.axhline(0, color="gray", linewidth=0.5)
+    ax.axvline(0, color="gray", linewidth=0.5)
+    ax.set_xlabel("feature 2i (each pair scaled to its own circle)")
+    ax.set_ylabel("feature 2i+1")
+    ax.set_title("one pair rotated to position m", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=1)
+    styles = ["-", "--", ":", "-."]
+    for j, (t, (offsets, scores)) in enumerate(scores_by_query_position.items()):
+        ax_score.plot(list(offsets), list(scores), styles[j % len(styles)], marker="o", markersize=3 + 1.5 * j,
+                      markerfacecolor="none", color=f"C{j + 3}", label=f"query at position t = {t}")
+    ax_score.set_xlabel("offset t - s (query position - key position)")
+    ax_score.set_ylabel("score q_t · k_s after RoPE")
+    ax_score.set_title("same q and k, placed at different positions", fontsize=10)
+    ax_score.grid(alpha=0.3)
+    ax_score.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 # --- chapter 4: experts and the router -----------------------------------------------------
 def plot_routing_heatmap(gates, token_labels=None, tokens_per_expert=None,
                          title: str = "Router gate weights g (tokens x experts)"):
@@ -123,17 +168,29 @@ def plot_routing_heatmap(gates, token_labels=None, tokens_per_expert=None,
     g = np.asarray(gates.detach().cpu() if hasattr(gates, "detach") else gates, dtype=float)
     n_tokens, n_experts = g.shape
     ncols = 1 if tokens_per_expert is None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(9.0 if ncols == 2 else 6.4, 4.2), constrained_layout=True,
+    height = max(4.2, 0.24 * n_tokens + 1.2)                 # one readable row per token
+    fig, axes = plt.subplots(1, ncols, figsize=(10.0 if ncols == 2 else 6.4, height), constrained_layout=True,
                              gridspec_kw={"width_ratios": [3, 2]} if ncols == 2 else None, squeeze=False)
     ax = axes[0, 0]
     masked = np.ma.masked_equal(g, 0.0)                       # unselected experts stay white
-    image = ax.imshow(masked, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(float(g.max()), 1e-9),
-                      interpolation="nearest")
+    chosen = g[g > 0]
+    # the colour scale spans the weights actually given, so 0.45 and 0.55 look different; each cell is
+    # also labelled with its value
+    low, high = (float(chosen.min()), float(chosen.max())) if chosen.size else (0.0, 1.0)
+    if high - low < 1e-6:
+        low, high = low - 0.01, high + 0.01
+    image = ax.imshow(masked, aspect="auto", cmap="coolwarm", vmin=low, vmax=high, interpolation="nearest")
+    if n_tokens * n_experts <= 600:
+        for (row, col), value in np.ndenumerate(g):
+            if value > 0:
+                ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6.5, color="black")
     ax.set_xticks(range(n_experts))
     ax.set_xlabel("routed expert id")
     if token_labels is not None:
-        ax.set_yticks(range(n_tokens), [repr(t)[1:-1] for t in token_labels], fontsize=7)
-        ax.set_ylabel("token")
+        # "␣" shows a token's leading space, so " the" and "the" read differently
+        shown = [f"{i}: " + str(t).replace(" ", "\u2423").replace("\n", "\\n") for i, t in enumerate(token_labels)]
+        ax.set_yticks(range(n_tokens), shown, fontsize=8 if n_tokens <= 24 else 6, family="monospace")
+        ax.set_ylabel("token (position: text)")
     else:
         ax.set_ylabel("token index")
     ax.set_title(title, fontsize=10)
@@ -151,6 +208,62 @@ def plot_routing_heatmap(gates, token_labels=None, tokens_per_expert=None,
         bar_ax.set_title("Tokens per expert", fontsize=10)
         bar_ax.grid(axis="y", alpha=0.3)
         bar_ax.legend(fontsize=8)
+    return fig
+
+
+def plot_sort_dispatch(expert_ids, title: str = "Sort-based dispatch: (token, slot) pairs grouped by expert"):
+    """Three rows of cells, one cell per (token, slot) pair, coloured by the expert it names.
+    Top: token order (the router's (N, K) ids flattened); middle: after a stable argsort by expert id,
+    with a line from each pair's old place to its new one; bottom: the runs cut by the per-expert counts,
+    each one batch for its expert. Cell text: 't3' = token 3.
+
+    expert_ids: (N, K) ints (RouterOutput.expert_ids).
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    ids = np.asarray(expert_ids.detach().cpu() if hasattr(expert_ids, "detach") else expert_ids)
+    n_tokens, k = ids.shape
+    flat = ids.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    n_experts = int(flat.max()) + 1
+    slots = flat.size
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.62 * slots + 2.6), 3.9), constrained_layout=True)
+    rows = {"token order\n(flat_ids)": 2.0, "after stable\nargsort": 1.0, "runs = one batch\nper expert": 0.0}
+
+    def cell(x, y, expert, text):
+        ax.add_patch(Rectangle((x - 0.45, y - 0.3), 0.9, 0.6, facecolor=plt.cm.tab10(expert % 10), alpha=0.55,
+                               edgecolor="black", linewidth=0.6))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    gap = 0.35                                        # extra space between runs in the bottom row
+    run_x, x = [], 0.0
+    for pos in range(slots):
+        if pos and flat[order[pos]] != flat[order[pos - 1]]:
+            x += gap
+        run_x.append(x)
+        x += 1
+    for j in range(slots):
+        cell(j, rows["token order\n(flat_ids)"], flat[j], f"t{j // k}\ne{flat[j]}")
+    for pos, j in enumerate(order):
+        cell(pos, rows["after stable\nargsort"], flat[j], f"t{j // k}")
+        ax.plot([j, pos], [1.7, 1.3], color="gray", linewidth=0.7)
+        cell(run_x[pos], rows["runs = one batch\nper expert"], flat[j], f"t{j // k}")
+    for e in range(n_experts):
+        members = [run_x[pos] for pos in range(slots) if flat[order[pos]] == e]
+        if members:
+            ax.plot([min(members) - 0.45, max(members) + 0.45], [-0.45, -0.45], color=plt.cm.tab10(e % 10),
+                    linewidth=3)
+            ax.text((min(members) + max(members)) / 2, -0.65, f"expert {e}: {len(members)}", ha="center",
+                    va="top", fontsize=8)
+    ax.set_yticks(list(rows.values()), list(rows))
+    ax.set_xticks([])
+    ax.set_xlim(-0.8, max(run_x) + 0.8)
+    ax.set_ylim(-1.05, 2.45)
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=10)
     return fig
 
 
@@ -200,34 +313,88 @@ def plot_total_vs_active_params(counts: dict, reported: dict | None = None,
 
 # --- chapter 8: ablations -------------------------------------------------------------------
 def plot_ablation_losses(losses: dict, title: str = "Validation loss per run",
-                         ylabel: str = "final validation loss (nats/token)"):
+                         ylabel: str = "final validation loss (nats/token)", baseline: str | None = None):
     """Every seed's loss as a dot, the mean as a bar and ± the sample std as an error bar, one column
     per run: the seed spread in view.
 
-    losses: run name -> list of per-seed losses (from the ablation records).
+    losses: run name -> list of per-seed losses (from the ablation records). baseline: the run the others are
+    compared with (default: the first); its mean is one dashed line across the plot, and beside every other
+    run a grey band spans baseline mean ± 2 SE of that run's difference (SE = sqrt(s_a²/n_a + s_b²/n_b), as in
+    the tables): a mean outside its band is a resolved difference. A run far outside the others' range (more
+    than twice that range beyond it) is drawn as an arrow at the edge with its mean written out, so that it
+    does not squash the rest. The y-axis shows the losses themselves, never an offset.
     """
-    fig, ax = _figure(width=max(6.4, 0.9 * len(losses) + 2.5), height=3.8)
     names = list(losses)
-    for i, name in enumerate(names):
-        values = [v for v in losses[name] if v is not None]
-        if not values:
+    values = {n: [v for v in losses[n] if v is not None] for n in names}
+    base = baseline if baseline in values else (names[0] if names else None)
+
+    def mean_std(v):
+        m = sum(v) / len(v)
+        return m, ((sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else None)
+
+    stats = {n: mean_std(v) for n, v in values.items() if v}
+    outliers = set()
+    for n in stats:
+        rest = [x for other, v in values.items() if other != n for x in v]
+        if n == base or len(rest) < 2:
             continue
-        mean = sum(values) / len(values)
-        ax.hlines(mean, i - 0.3, i + 0.3, color=f"C{i % 10}", linewidth=2.5,
-                  label="mean over seeds" if i == 0 else None)
-        if len(values) > 1:                                   # sample std (ddof=1), as in the tables
-            std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-            ax.errorbar(i + 0.12, mean, yerr=std, color=f"C{i % 10}", capsize=4, linewidth=1.2,
-                        label="± sample std" if i == 0 else None)
-        ax.plot([i] * len(values), values, "o", color=f"C{i % 10}", markerfacecolor="none", markersize=6,
-                label="one seed" if i == 0 else None)
+        lo, hi = min(rest), max(rest)
+        span = max(hi - lo, 1e-9)
+        if min(values[n]) > hi + 2 * span or max(values[n]) < lo - 2 * span:
+            outliers.add(n)
+    fig, ax = _figure(width=max(6.4, 0.9 * len(names) + 2.5) + 2.2, height=3.8)
+    bands = {}
+    if base in stats and stats[base][1] is not None:
+        b_mean, b_std = stats[base]
+        ax.axhline(b_mean, color="0.35", linestyle="--", linewidth=1, label=f"baseline mean ({base})")
+        for i, n in enumerate(names):
+            if n == base or n not in stats or stats[n][1] is None or n in outliers:
+                continue
+            se = (stats[n][1] ** 2 / len(values[n]) + b_std ** 2 / len(values[base])) ** 0.5
+            bands[n] = (b_mean - 2 * se, b_mean + 2 * se)
+            ax.fill_between([i - 0.42, i + 0.42], *bands[n], color="0.6", alpha=0.25, linewidth=0,
+                            label="baseline ± 2 SE of the difference" if len(bands) == 1 else None)
+    labelled = set()
+    for i, n in enumerate(names):
+        if n not in stats or n in outliers:
+            continue
+        mean, std = stats[n]
+        color = f"C{i % 10}"
+        ax.hlines(mean, i - 0.3, i + 0.3, color=color, linewidth=2.5,
+                  label="mean over seeds" if "mean" not in labelled else None)
+        labelled.add("mean")
+        if std is not None:                                   # sample std (ddof=1), as in the tables
+            ax.errorbar(i + 0.12, mean, yerr=std, color=color, capsize=4, linewidth=1.2,
+                        label="± sample std" if "std" not in labelled else None)
+            labelled.add("std")
+        ax.plot([i] * len(values[n]), values[n], "o", color=color, markerfacecolor="none", markersize=6,
+                label="one seed" if "seed" not in labelled else None)
+        labelled.add("seed")
+    shown = [x for n in stats if n not in outliers for x in values[n]] + [y for n, b in bands.items()
+                                                                         if n not in outliers for y in b]
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = 0.12 * max(hi - lo, 1e-3)
+        ax.set_ylim(lo - pad, hi + pad)
+    for n in outliers:
+        i = names.index(n)
+        mean, std = stats[n]
+        top = mean > ax.get_ylim()[1]
+        y = ax.get_ylim()[1 if top else 0]
+        ax.annotate("", xy=(i, y), xytext=(i, y - (1 if top else -1) * 0.18 * (ax.get_ylim()[1] - ax.get_ylim()[0])),
+                    arrowprops=dict(arrowstyle="-|>", color=f"C{i % 10}", linewidth=2))
+        ax.text(i, y - (1 if top else -1) * 0.22 * (ax.get_ylim()[1] - ax.get_ylim()[0]),
+                f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "") + "\noff the scale",
+                ha="center", va="top" if top else "bottom", fontsize=7.5, color=f"C{i % 10}")
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
     ax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names), default=0) > 8 else 0,
                   ha="right" if max(map(len, names), default=0) > 8 else "center", fontsize=8)
+    ax.set_xlim(-0.6, len(names) - 0.4)
     ax.set_xlabel("run")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return fig
 
 
@@ -422,6 +589,52 @@ def _as_array(x):
     import numpy as np
 
     return np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=float)
+
+
+def plot_training_run(steps, train_loss, val_steps, val_loss, lr, load_ratios: dict, baselines: dict | None = None,
+                      smooth: int = 9, ceiling: float | None = None, title: str = "Training on the essays"):
+    """Three panels on one shared step axis: the losses, the learning rate, the expert load per MoE layer.
+
+    steps, train_loss, lr: the 'train' rows (one batch's ce each); val_steps, val_loss: the 'eval' rows;
+    load_ratios: layer label -> max/ideal expert load at each train row; baselines: label -> reference loss
+    (dotted). Noisy series are drawn faintly as logged, with a centred moving average over `smooth`
+    logged points on top; the legends say which lines are smoothed. ceiling: E/K, a collapsed router.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.asarray(steps)
+    fig, (loss_ax, lr_ax, load_ax) = plt.subplots(3, 1, figsize=(8.0, 8.4), sharex=True, constrained_layout=True,
+                                                  gridspec_kw={"height_ratios": [3, 1.2, 2]})
+    loss_ax.plot(steps, train_loss, color="C0", alpha=0.3, linewidth=0.8, label="train: one batch per point")
+    loss_ax.plot(steps, _moving_average(train_loss, smooth), color="C0", linewidth=1.6,
+                 label=f"train: moving average of {smooth} points")
+    loss_ax.plot(val_steps, val_loss, "o-", color="C1", markersize=4, label="validation (not smoothed)")
+    for i, (label, value) in enumerate((baselines or {}).items()):
+        loss_ax.axhline(value, color=("gray", "black", "brown")[i % 3], linestyle=":", linewidth=1.2,
+                        label=f"{label} = {value:.2f}")
+    loss_ax.set_ylabel("cross-entropy (nats/token)")
+    loss_ax.set_title(title)
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    lr_ax.plot(steps, lr, color="C2", linewidth=1.4)
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lr_ax.set_ylim(bottom=0)
+    lr_ax.grid(alpha=0.3)
+    for i, (label, ratios) in enumerate(load_ratios.items()):
+        load_ax.plot(steps, ratios, color=f"C{(i + 3) % 10}", alpha=0.3, linewidth=0.8)
+        load_ax.plot(steps, _moving_average(ratios, smooth), color=f"C{(i + 3) % 10}", linewidth=1.6,
+                     label=f"{label} (moving average of {smooth})")
+    load_ax.axhline(1.0, color="black", linestyle=":", linewidth=1, label="perfect balance")
+    if ceiling:
+        load_ax.axhline(ceiling, color="red", linestyle="--", linewidth=1, label=f"collapse: E/K = {ceiling:g}")
+        load_ax.set_ylim(0.95, ceiling + 0.1)
+    load_ax.set_ylabel("max / ideal expert load")
+    load_ax.set_xlabel("optimizer step")
+    load_ax.grid(alpha=0.3)
+    load_ax.legend(fontsize=8, loc="best")
+    return fig
 
 
 def _moving_average(values, window: int):

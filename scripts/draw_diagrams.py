@@ -8,6 +8,10 @@ Figures (names and shapes as in components/, symbols as in docs/maths.md):
     mla_data_flow.png         Multi-Head Latent Attention, DeepSeek-V2 eqs 9-19, cached tensors marked
     absorption_regrouping.png naive vs absorbed decoding (W_UK into the query, W_O W_UV merged), with costs
     moe_routing.png           DeepSeekMoE: sigmoid affinities, selection-only bias, top-K, shared experts
+    balancing_loops.png       chapter 5: the auxiliary loss and the bias sign rule, from the counts back to the router
+    sampling_pipeline.png     chapter 7: process_logits in order, then the draw, fed back
+    cache_budget.png          chapter 7: cached tokens over one generation (prefill, growth, window), bytes/token
+    ablation_grid.png         chapter 8: variants x seeds -> records -> mean, SE, verdict
 
 One colour per kind of thing, the same in every figure (see COLORS): cached tensors, learned weights,
 activations, parameter-free operations. Every figure is drawn on a canvas whose units are 0.1 inch, so
@@ -304,8 +308,9 @@ def draw_model_block_diagram(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 def draw_mla_data_flow(path: Path) -> list[str]:
     c = Canvas(100, 90, "Multi-Head Latent Attention (MLA): data flow of one layer")
-    c.text(50, 81.5, "without query compression (q_latent_dim=None, as in V2-Lite): no W_DQ / q_norm; "
-           "q_C = W_Q h_t (w_q) and q_R = RoPE(W_QR h_t)", size=SIZE["note"], style="italic")
+    c.text(50, 81.5, "drawn with query compression (q_latent_dim set, as in V2 and V3); "
+           "without it (q_latent_dim=None,\nas in V2-Lite) one W_Q (w_q) replaces W_DQ, q_norm and W_UQ, and W_QR reads h_t", size=SIZE["note"],
+           style="italic")
     rows = {"qC": 74, "qR": 65, "kR": 55, "kC": 46, "ckv": 37, "v": 28}
     x1, x2, x3, x4, x5 = 15.5, 27.5, 40.5, 57, 70
 
@@ -360,8 +365,8 @@ def draw_mla_data_flow(path: Path) -> list[str]:
     c.inside(scores, xs, mid + 8, "scores, per head i", size=SIZE["main"])
     c.inside(scores, xs, mid, r"$\frac{q^C_{t,i}\cdot k^C_{s,i} \;+\; q^R_{t,i}\cdot k^R_s}{\sqrt{d_h + d_R}}$",
              size=13)
-    c.inside(scores, xs, mid - 8, "i.e. [q_C; q_R]·[k_C; k_R]: the two\n"
-             "parts are concatenated per head,\nnot added (eqs 16-18)", size=SIZE["sub"])
+    c.inside(scores, xs, mid - 8, "= [q_C; q_R]·[k_C; k_R]: q and k are\n"
+             "concatenated per head (eqs 16-17),\nso the score is the SUM of two dots", size=SIZE["sub"])
     for src, yy in ((q_c, rows["qC"]), (q_r, rows["qR"]), (k_c, rows["kC"])):
         c.arrow(src.right, (xs - ws / 2, yy))
     c.arrow(k_r.right, (xs - ws / 2, rows["kR"]))
@@ -389,9 +394,16 @@ def draw_mla_data_flow(path: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # 3. the absorption trick
 # ----------------------------------------------------------------------------------------------
-def decode_costs(S: int, H: int, d_h: int, d_c: int) -> tuple[int, int]:
-    """Multiply-adds per decode step and layer for the key side: naive, absorbed."""
-    return S * d_c * H * d_h, H * d_h * d_c + S * H * d_c
+def decode_step_flops(S: int, d: int, H: int, C: int, R: int, D: int, V: int, Q: int) -> tuple[int, int]:
+    """FLOPs (a multiply-add counts 2) of one MLA decode step and layer over S cached tokens: (naive, absorbed).
+
+    Every term of chapter 3's table: queries, the new cache entry, keys, values, scores, weighted sum, W_O.
+    d model width, H heads, C latent, R RoPE dim, D nope head dim, V value head dim, Q query latent.
+    """
+    same_in_both = 2 * d * Q + 2 * Q * H * (D + R) + 2 * d * (C + R) + 2 * d * H * V
+    naive = same_in_both + 2 * S * C * H * D + 2 * S * C * H * V + 2 * S * H * (D + R) + 2 * S * H * V
+    absorbed = same_in_both + 2 * H * D * C + 2 * S * H * (C + R) + 2 * S * H * C + 2 * H * C * V
+    return naive, absorbed
 
 
 def draw_absorption_regrouping(path: Path) -> list[str]:
@@ -464,10 +476,10 @@ def draw_absorption_regrouping(path: Path) -> list[str]:
            "= O(H·d_h·d_c + S·H·d_c);\nthe term that grows with S is d_h times smaller than the naive path's",
            ha="left", size=SIZE["caption"], color="#006d2c")
 
-    naive, absorbed = decode_costs(S=4096, H=128, d_h=128, d_c=512)
+    naive, absorbed = decode_step_flops(S=4096, d=7168, H=128, C=512, R=64, D=128, V=128, Q=1536)
     c.legend(2, 1.6, ["cached", "learned", "activation", "op"])
-    c.text(2, 4.9, f"e.g. DeepSeek-V3 sizes (H=128, d_h=128, d_c=512) at S=4096: naive {naive / 1e9:.1f} G vs "
-           f"absorbed {absorbed / 1e9:.2f} G multiply-adds per layer and step ({naive / absorbed:.0f}x).\n"
+    c.text(2, 4.9, f"e.g. DeepSeek-V3 sizes at S=4096, one layer's whole decode step (as chapter 3's table counts it): "
+           f"naive {naive / 1e9:.1f} vs absorbed {absorbed / 1e9:.2f} GFLOP ({naive / absorbed:.1f}x).\n"
            "DeepSeek-V2 §2.1.2: \"W_UK can be absorbed into W_Q, and W_UV into W_O\"; ours applies them per call "
            "with einsums (docs/maths.md §1.6).", ha="left", size=SIZE["caption"], style="italic")
     return c.save(path)
@@ -506,7 +518,7 @@ def draw_moe_routing(path: Path) -> list[str]:
     y_e, x_first, dx, bus = 35, 22, 6.6, 42
     experts = [c.box(x_first + i * dx, y_e, 5.6, 6, f"FFN{i + 1}", "learned" if i in selected else "idle", size=7.5)
                for i in range(n_routed)]
-    c.text(44, bus + 2.2, f"N_r routed experts (here {n_routed}, K = {len(selected)})", size=SIZE["sub"])
+    c.text(44, bus + 2.2, f"N_r routed experts ({n_routed} drawn, K = {len(selected)})", size=SIZE["sub"])
     c.arrow(u.at("right", bus - u.y), (topk.x, bus), head=False)
     for i in selected:
         c.arrow((experts[i].x, bus), experts[i].top)
@@ -527,7 +539,7 @@ def draw_moe_routing(path: Path) -> list[str]:
     for box in shared:
         c.arrow((box.x, shared_bus), box.top)
         c.arrow(box.bottom, (box.x, out_line), head=False)
-    c.text(50, y_s, "N_s shared experts (here 2): every token, unweighted\n"
+    c.text(50, y_s, "N_s shared experts (2 drawn; V2 has 2, V3 1): every token,\nunweighted "
            "(shared-expert isolation, DeepSeekMoE §3)", ha="left", size=SIZE["sub"])
     plus = c.op(87, out_line)
     c.arrow((shared[0].x, out_line), plus.left)
@@ -543,11 +555,196 @@ def draw_moe_routing(path: Path) -> list[str]:
     return c.save(path)
 
 
+# ----------------------------------------------------------------------------------------------
+# 5. the two balancing feedback loops (chapter 5)
+# ----------------------------------------------------------------------------------------------
+def draw_balancing_loops(path: Path) -> list[str]:
+    c = Canvas(100, 62, "Load balancing: two feedback loops from the counts c_i back to the router")
+    y = 33
+    u = c.box(7, y, 10, 7, r"$u_t$", "activation", sub="N tokens")
+    gate = c.box(23, y, 14, 7, r"$u_t\cdot e_i$", "learned", sub="router.gate e_i")
+    score = c.box(40, y, 12, 7, r"$s_{i,t}$", "activation", sub="σ or softmax")
+    key = c.box(56, y, 12, 7, r"$s_{i,t} + b_i$", "op", sub="selection key")
+    topk = c.box(71, y, 10, 7, "TopK", "op", sub="K of E")
+    counts = c.box(89, y, 16, 7, r"$c_i$ per step", "activation", sub="ideal c̄ = NK/E")
+    for a, b in ((u, gate), (gate, score), (score, key), (key, topk), (topk, counts)):
+        c.arrow(a.right, b.left)
+
+    # loop 1: the auxiliary loss, through the gradient (top)
+    loss = c.box(64, 50, 30, 7, r"$\mathcal{L}_{bal} = \alpha\sum_i f_i P_i$", "op",
+                 sub="f_i = c_i / c̄ constant; P_i = mean s'_i", size=9)
+    c.arrow(counts.top, (counts.x, loss.y), loss.right)
+    c.arrow(loss.left, (gate.x, loss.y), gate.top)
+    c.text(34, 52.3, "gradient αf_i/N on s'_i:", size=SIZE["sub"])
+    c.text(34, 47.7, "loaded experts' logits go down", size=SIZE["sub"])
+    c.text(50, 57.5, "'aux_loss' (Switch; V2 eqs 23-25): trains e_i, so the router itself learns fewer favourites",
+           size=SIZE["note"])
+
+    # loop 2: the aux-loss-free bias, a rule with no gradient (bottom)
+    bias = c.box(64, 16, 30, 7, r"$b_i \leftarrow b_i + \gamma\,\mathrm{sign}(\bar c - c_i)$", "buffer",
+                 sub="after every optimizer step", size=9)
+    c.arrow(counts.bottom, (counts.x, bias.y), bias.right)
+    c.arrow(bias.left, (key.x, bias.y), key.bottom)
+    c.text(36, 18.3, "overloaded (c_i > c̄): b_i − γ", size=SIZE["sub"])
+    c.text(36, 13.7, "underloaded (c_i < c̄): b_i + γ", size=SIZE["sub"])
+    c.text(50, 8.5, "'aux_free' (V3 §2.1.2, eq 16; LFB Alg. 1): moves only the selection key;"
+           " the weights g_i stay the unbiased scores", size=SIZE["note"])
+    c.text(50, 5.3, "'both': the two loops at once      'none': no loop, so the rich get richer", size=SIZE["note"])
+    c.legend(2, 1.6, ["learned", "activation", "op", "buffer"])
+    return c.save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. from logits to a token (chapter 7)
+# ----------------------------------------------------------------------------------------------
+def draw_sampling_pipeline(path: Path) -> list[str]:
+    c = Canvas(100, 58, "Sampling: generation.process_logits, then sample_token, once per new token")
+    y1, y2 = 40, 22
+    model = c.box(8, y1, 12, 8, "model", "learned", sub="(B, V) logits z")
+    steps1 = [("1 repetition", "z/r if z > 0, else z·r"), ("2 presence,", "frequency: − α[c>0] − βc"),
+              ("3 no-repeat", "n-gram: −∞ if it repeats")]
+    steps2 = [("4 temperature", "z / τ  (τ scheduled)"), ("5 top-k", "keep the k largest"),
+              ("6 top-p", "smallest set with mass ≥ p")]
+    row1 = [c.box(30 + 21 * i, y1, 18, 8, a, "op", sub=b, size=9) for i, (a, b) in enumerate(steps1)]
+    row2 = [c.box(72 - 21 * i, y2, 18, 8, a, "op", sub=b, size=9) for i, (a, b) in enumerate(steps2)]
+    c.arrow(model.right, row1[0].left)
+    for a, b in zip(row1[:-1], row1[1:], strict=True):
+        c.arrow(a.right, b.left)
+    c.arrow(row1[-1].right, (92, y1), (92, y2), row2[0].right)
+    for a, b in zip(row2[:-1], row2[1:], strict=True):
+        c.arrow(a.left, b.right)
+    sample = c.box(10, y2, 16, 8, "sample", "activation", sub="softmax draw; τ=0: argmax")
+    c.arrow(row2[-1].left, sample.right)
+    c.text(51, 48.5, "penalties: look at the tokens so far (prompt included), each row its own", size=SIZE["sub"])
+    c.text(51, 30.5, "reshape and filter: temperature keeps the order; filtered logits become −∞",
+           size=SIZE["sub"])
+    c.arrow(sample.bottom, (10, 9), (95, 9), (95, 52), (model.x, 52), model.top)
+    c.text(52, 11, "the token is appended to the history; unless it is the last one, it is fed back"
+           " (one decode step, the cache grows by one)", size=SIZE["sub"])
+    c.text(52, 5.5, "seed=s: a local torch.Generator, so the same settings and seed give the same tokens",
+           size=SIZE["note"])
+    c.legend(2, 1.8, ["learned", "op", "activation"])
+    return c.save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. the KV cache over one generation (chapter 7)
+# ----------------------------------------------------------------------------------------------
+def draw_cache_budget(path: Path) -> list[str]:
+    c = Canvas(100, 60, "The KV cache of one generation: tokens held, and bytes per token")
+    # axes of a schematic: x = new tokens N, y = cached tokens
+    x0, y0, x1, y1 = 12, 22, 64, 50
+    c.arrow((x0, y0), (x1, y0), lw=1.0)
+    c.arrow((x0, y0), (x0, y1), lw=1.0)
+    c.text(x1 - 1, y0 - 2.2, "new tokens N", ha="right", size=SIZE["sub"])
+    c.text(x0 - 1, y1 - 1, "cached\ntokens", ha="right", size=SIZE["sub"])
+    full, half, prompt = 45, 33.5, 26
+    c.text(x0 - 1, full, "ctx", ha="right", size=SIZE["sub"])
+    c.text(x0 - 1, half, "ctx // 2", ha="right", size=SIZE["sub"])
+    c.text(x0 - 1, prompt, "T", ha="right", size=SIZE["sub"])
+    grow = (full - prompt)
+    c.arrow((x0, prompt), (x0 + grow, full), (x0 + grow, half), (x0 + grow + (full - half), full),
+            (x0 + grow + (full - half), half), (x0 + grow + 2 * (full - half), full), color="#d94801", lw=1.6,
+            head=False)
+    c.text(x0 + 3, 40, "+1 per fed token", ha="left", size=SIZE["sub"])
+    c.text(47, 48, "full: drop, re-prefill the last ctx // 2", size=SIZE["sub"])
+    c.text(x0 + 1, 16.5, "prefill: the prompt, T tokens, in one forward;  after N new tokens (while it fits):"
+           " T + N − 1", ha="left", size=SIZE["sub"])
+    c.text(x0 + 1, 13.3, "the last sampled token is returned, never fed; ctx = context_length (the RoPE table)",
+           ha="left", size=SIZE["sub"])
+
+    # bytes per cached token, per layer
+    c.box(84, 44, 26, 8, r"MLA: $d_c + d_h^R$", "cached", sub="latent c^KV + shared RoPE key")
+    c.box(84, 30, 26, 8, r"MHA: $2\,n_h d_h$", "cached", sub="keys and values of every head")
+    c.text(84, 21, "GQA: 2 n_g d_h,   MQA: 2 d_h", size=SIZE["sub"])
+    c.text(50, 7.5, "bytes = layers × cached tokens × values per token × bytes per value"
+           "   (utils.kv_cache_bytes; fp32: 4, bf16: 2)", size=SIZE["note"])
+    c.text(84, 52.5, "values per token and layer", size=SIZE["sub"])
+    c.legend(2, 2.2, ["cached"])
+    return c.save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. an ablation grid (chapter 8)
+# ----------------------------------------------------------------------------------------------
+def draw_ablation_grid(path: Path) -> list[str]:
+    c = Canvas(100, 60, "An ablation: one change per variant, the same token budget, several seeds")
+    names = [("baseline", "the preset"), ("variant A", "one field changed"), ("variant B", "one field changed")]
+    ys = (42, 32, 22)
+    for (name, sub), y in zip(names, ys, strict=True):
+        c.box(10, y, 15, 7, name, "learned", sub=sub)
+        for j in range(3):
+            c.box(27 + 9 * j, y, 8, 7, f"seed {j}", "activation", size=8)
+        c.arrow((17.5, y), (23, y))
+    c.text(36, 49, "runs: same tokens, steps, batch", size=SIZE["sub"])
+    rec = c.box(62, 32, 14, 26, "", "op")
+    c.inside(rec, 62, 41, "records", size=SIZE["main"])
+    c.inside(rec, 62, 37, "one JSON per run", size=SIZE["sub"])
+    c.inside(rec, 62, 32, "key = hash(config,", size=SIZE["sub"])
+    c.inside(rec, 62, 29, "train, corpus,", size=SIZE["sub"])
+    c.inside(rec, 62, 26, "budget): reruns skip", size=SIZE["sub"])
+    for y in ys:
+        c.arrow((49, y), (rec.left[0], y))
+    rep = c.box(86, 32, 20, 26, "", "op")
+    c.inside(rep, 86, 41, "report", size=SIZE["main"])
+    c.inside(rep, 86, 37.5, "per variant: mean, s", size=SIZE["sub"])
+    c.inside(rep, 86, 34.5, "Δ = mean − baseline", size=SIZE["sub"])
+    c.inside(rep, 86, 30, r"SE = $\sqrt{s_a^2/n_a + s_b^2/n_b}$", size=SIZE["sub"])
+    c.inside(rep, 86, 25.5, "resolved if |Δ| > 2 SE", size=SIZE["sub"])
+    c.arrow(rec.right, rep.left)
+    c.text(50, 12, "python -m ablation --grid top_k=1,2,4 --seeds 0 1 2 --tokens N --out DIR;"
+           "   python -m ablation report DIR", size=SIZE["note"], family="monospace")
+    c.text(50, 7.5, "not resolved: the difference is within seed noise at this budget -- "
+           "more seeds shrink SE by 1/√n, more tokens change the question", size=SIZE["note"])
+    c.text(50, 3.5, "blue: a model config (variant), green: one training run, grey: files and arithmetic",
+           size=SIZE["caption"])
+    return c.save(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# 9. one optimizer step (chapter 6)
+# ----------------------------------------------------------------------------------------------
+def draw_training_step(path: Path) -> list[str]:
+    c = Canvas(100, 62, "One optimizer step: forward, backward, clip, this step's lr, AdamW, the router bias")
+    y = 40
+    batch = c.box(10, y, 15, 8, "batch", "activation", sub="x, y: (B, T) token ids")
+    forward = c.box(29, y, 17, 8, "forward", "learned", sub="loss = CE + balance", size=9.5)
+    backward = c.box(48, y, 15, 8, "backward", "op", sub="loss.backward(): grads")
+    clip = c.box(66, y, 15, 8, "clip", "op", sub="global norm ≤ grad_clip")
+    adamw = c.box(86, y, 17, 8, "AdamW step", "learned", sub="weights, moments")
+    for a, b in ((batch, forward), (forward, backward), (backward, clip), (clip, adamw)):
+        c.arrow(a.right, b.left)
+    c.text(29, 46.5, "logits (B, T, V)", size=SIZE["sub"])
+    c.text(48, 46.5, "p.grad for every weight", size=SIZE["sub"])
+
+    # the learning rate of this step: a plain function of the step number
+    lr = c.box(86, 53, 20, 6, "lr_at(step)", "op", sub="warmup, then cosine")
+    c.arrow(lr.bottom, adamw.top)
+
+    # the loads of the forward drive the bias, a buffer that no gradient touches
+    loads = c.box(29, 20, 20, 8, "tokens per expert", "activation", sub="c_i: (E,) per MoE layer")
+    bias = c.box(80, 20, 28, 8, "router bias update", "buffer", sub="b_i ← b_i + γ sign(c̄ − c_i)")
+    c.arrow(forward.bottom, loads.top)
+    c.arrow(loads.right, bias.left)
+    c.text(54.5, 22.2, "once per step, after AdamW", size=SIZE["sub"])
+    c.text(54.5, 17.8, "(DeepSeek-V3 §2.1.2)", size=SIZE["sub"])
+
+    c.text(50, 9.5, "trainer.train_step adds: grad_accum micro-batches, a stop on a non-finite loss before the "
+           "update,\nand (chapter 6, Going deeper) DDP's all-reduce and fp16's GradScaler", size=SIZE["caption"])
+    c.legend(2, 3.0, ["learned", "activation", "op", "buffer"])
+    return c.save(path)
+
+
 FIGURES: dict[str, Callable[[Path], list[str]]] = {
     "model_block_diagram.png": draw_model_block_diagram,
     "mla_data_flow.png": draw_mla_data_flow,
     "absorption_regrouping.png": draw_absorption_regrouping,
     "moe_routing.png": draw_moe_routing,
+    "balancing_loops.png": draw_balancing_loops,
+    "sampling_pipeline.png": draw_sampling_pipeline,
+    "cache_budget.png": draw_cache_budget,
+    "ablation_grid.png": draw_ablation_grid,
+    "training_step.png": draw_training_step,
 }
 
 

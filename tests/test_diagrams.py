@@ -10,7 +10,9 @@ from pathlib import Path
 import matplotlib.image as mpimg
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = ("model_block_diagram.png", "mla_data_flow.png", "absorption_regrouping.png", "moe_routing.png")
+FIGURES = ("model_block_diagram.png", "mla_data_flow.png", "absorption_regrouping.png", "moe_routing.png",
+           "balancing_loops.png", "sampling_pipeline.png", "cache_budget.png", "ablation_grid.png",
+           "training_step.png")
 
 
 def test_draw_diagrams_writes_every_figure(tmp_path):
