@@ -309,8 +309,8 @@ def draw_model_block_diagram(path: Path) -> list[str]:
 def draw_mla_data_flow(path: Path) -> list[str]:
     c = Canvas(100, 90, "Multi-Head Latent Attention (MLA): data flow of one layer")
     c.text(50, 81.5, "drawn with query compression (q_latent_dim set, as in V2 and V3); "
-           "without it (q_latent_dim=None,\nas in V2-Lite) one W_Q (w_q) replaces W_DQ, q_norm and W_UQ, and W_QR reads h_t", size=SIZE["note"],
-           style="italic")
+           "without it (q_latent_dim=None,\nas in V2-Lite) one W_Q (w_q) replaces W_DQ, q_norm and W_UQ, "
+           "and W_QR reads h_t", size=SIZE["note"], style="italic")
     rows = {"qC": 74, "qR": 65, "kR": 55, "kC": 46, "ckv": 37, "v": 28}
     x1, x2, x3, x4, x5 = 15.5, 27.5, 40.5, 57, 70
 
