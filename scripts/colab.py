@@ -68,13 +68,14 @@ def colab_cells(relative: str, url: str) -> list:
     folder = "/".join(relative.split("/")[:-1]) or "."
     printed = SETUP_PRINTS + os.path.relpath(".", folder) + "\n"
     setup.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
+    setup.execution_count = 1                             # the first cell a kernel runs (nbval: a run cell)
     badge.metadata["tags"], setup.metadata["tags"] = [BADGE_TAG], [SETUP_TAG]
     return [badge, setup]
 
 
 def shown(cell) -> tuple:
     """What a reader sees of a cell: its kind, source and printed text."""
-    return cell.cell_type, cell.source, [o.get("text") for o in cell.get("outputs", [])]
+    return cell.cell_type, cell.source, [o.get("text") for o in cell.get("outputs", [])], cell.get("execution_count")
 
 
 def is_colab_cell(cell) -> bool:
