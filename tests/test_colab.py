@@ -45,9 +45,11 @@ def test_off_colab_the_setup_cell_only_puts_the_clones_root_on_the_import_path(m
     assert not (ROOT / "notebooks" / "b").exists()          # nothing cloned
 
 
-def test_the_setup_cell_refuses_a_folder_outside_the_clone(monkeypatch, tmp_path):
+def test_the_setup_cell_refuses_a_folder_outside_the_clone_without_the_project_on_the_path(monkeypatch, tmp_path):
     source = colab.colab_cells("notebooks/x.ipynb", "https://github.com/a/b")[1].source
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in (str(ROOT), "", ".")])
+    monkeypatch.delitem(__import__("sys").modules, "constants", raising=False)
     with pytest.raises(RuntimeError, match="notebooks/ folder"):
         exec(compile(source, "setup-cell", "exec"), {})
 
