@@ -28,7 +28,8 @@ BADGE_TAG, SETUP_TAG = "colab-badge", "colab-setup"
 IGNORE_OUTPUT_TAG = "nbval-ignore-output"     # nbval does not compare the set-up cell's output (it names a path)
 SETUP_PRINTS = "the project's modules are imported from "
 
-SETUP_SOURCE = '''# Set-up. The project's modules are imported from the clone (installing it adds only its dependencies), so this
+SETUP_SOURCE = '''\
+# Set-up. The project's modules are imported from the clone (installing it adds only its dependencies), so this
 # cell puts the clone's root on the import path. On Colab it first clones the project and installs them.
 import os
 import subprocess
