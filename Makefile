@@ -2,8 +2,19 @@
 VENV := .venv/bin
 .PHONY: setup run test lint notebooks lab bench
 
-setup:
+# The pip set-up runs again only when pyproject.toml or scripts/setup.sh is newer than its stamp (or there is
+# no .venv yet); `make setup FORCE=1` runs it anyway.
+STAMP := .venv/.setup-done
+LAB_STAMP := .venv/.lab-done
+
+setup: $(STAMP)
+ifdef FORCE
+.PHONY: $(STAMP)
+endif
+
+$(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
+	touch $@
 
 # Main job: train on the default data (real essays when found, else the bundled sample), then sample.
 # --overwrite: a second `make run` retrains into checkpoints/ (train.py refuses to replace a run silently).
@@ -19,10 +30,18 @@ test: setup
 lint:
 	$(VENV)/ruff check .
 
-# Open the chapters in JupyterLab (installs the notebooks extra into .venv the first time).
-lab: setup
+# Open the chapters in JupyterLab (installs the notebooks extra into .venv the first time). As root (containers,
+# cloud VMs) --allow-root is added; LAB_ARGS passes anything else to jupyter lab, e.g. on a remote machine:
+#   make lab LAB_ARGS="--no-browser --ip 0.0.0.0 --port 8888"
+LAB_ARGS ?=
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+lab: setup $(LAB_STAMP)
+	$(VENV)/jupyter lab notebooks/ $(ROOT_ARGS) $(LAB_ARGS)
+
+$(LAB_STAMP): pyproject.toml $(STAMP)
 	$(VENV)/python -m pip install -q -e ".[notebooks]"
-	$(VENV)/jupyter lab notebooks/
+	touch $@
 
 # Re-execute every notebook in place (uses the real essays when DEEPSEEK_SCRATCH_DATA points at them).
 notebooks:

@@ -21,7 +21,9 @@ The flags, the interactive ':name value' commands and :help are built from the f
 `SamplingConfig` and `RunSettings` (type, default and help text), so a setting is written once.
 
 Generation stops at max_new_tokens, at <|endoftext|>, or as soon as the decoded text contains a
---stop string (the text is cut just before it).
+--stop string (the text is cut just before it). The text is printed while it is generated
+(`StreamPrinter`): one prompt token by token; several prompts in their order, each going on live when
+its turn comes. Ctrl-C keeps what was printed, and prints the rest of what was generated.
 """
 
 from __future__ import annotations
@@ -178,10 +180,60 @@ def encode_prompt(tokenizer, model, prompt: str) -> list[int]:
     return ids
 
 
+def cut_at_stops(text: str, stops) -> str:
+    """`text` up to the first of the stop strings in it (all of it if none is)."""
+    cuts = [text.index(stop) for stop in stops if stop in text]
+    return text[:min(cuts)] if cuts else text
+
+
+class StreamPrinter:
+    """Prints completions while they are generated, in prompt order: the first prompt's text as its tokens
+    come; a later prompt (generated in the same batch) prints what it has so far when its turn comes, then
+    goes on live. Only text that is final is printed: a trailing partial UTF-8 character, and the last
+    len(longest stop string) - 1 characters (a stop string may be starting there), wait for the next token.
+    """
+
+    def __init__(self, prompts: list[str], stops):
+        self.prompts, self.hold = prompts, max((len(stop) for stop in stops), default=1) - 1
+        self.latest, self.done = [""] * len(prompts), [False] * len(prompts)
+        self.current, self.shown, self.started = 0, 0, False
+
+    def update(self, row: int, text: str, finished: bool) -> None:
+        """Row `row`'s completion so far (cut at its stop string once finished)."""
+        self.latest[row], self.done[row] = text, finished
+        self._advance()
+
+    def finish(self, texts: list[str]) -> None:
+        """Print whatever is left of every prompt + completion (the texts `complete_batch` returns)."""
+        for row, text in enumerate(texts):
+            self.latest[row], self.done[row] = text[len(self.prompts[row]):], True
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.current < len(self.prompts):
+            if not self.started:
+                if len(self.prompts) > 1:
+                    print(f"--- prompt {self.current + 1}/{len(self.prompts)} ---")
+                print(self.prompts[self.current], end="", flush=True)
+                self.started, self.shown = True, 0
+            text, finished = self.latest[self.current], self.done[self.current]
+            if not finished:
+                text = text.rstrip("\ufffd")                      # a character whose bytes are still coming
+                text = text[:max(0, len(text) - self.hold)]
+            if len(text) > self.shown:
+                print(text[self.shown:], end="", flush=True)
+                self.shown = len(text)
+            if not finished:
+                return
+            print(flush=True)
+            self.current, self.started = self.current + 1, False
+
+
 def complete_batch(model, tokenizer, prompts: list[str], settings: dict, sample: int,
-                   device: torch.device) -> tuple[list[str], str, bool]:
+                   device: torch.device, on_text=None) -> tuple[list[str], str, bool]:
     """Generate one completion of each prompt, all in one batch -> (prompt + completion per prompt, report,
-    interrupted). Ctrl-C stops the generation: the text so far is returned, with interrupted=True."""
+    interrupted). Ctrl-C stops the generation: the text so far is returned, with interrupted=True.
+    on_text(row, completion so far, finished): called after each new token of a row (StreamPrinter.update)."""
     ids = [encode_prompt(tokenizer, model, prompt) for prompt in prompts]
     config = sampling_config(settings, sample)
     stops, B = settings["stop"], len(prompts)
@@ -215,8 +267,10 @@ def complete_batch(model, tokenizer, prompts: list[str], settings: dict, sample:
                         for b, token in enumerate(next_token[:, 0].tolist()):
                             if not done[b]:
                                 new_ids[b].append(token)
-                                done[b] = token == EOT_TOKEN_ID or (
-                                    bool(stops) and any(stop in decode(new_ids[b]) for stop in stops))
+                                text = decode(new_ids[b])
+                                done[b] = token == EOT_TOKEN_ID or (bool(stops) and any(s in text for s in stops))
+                                if on_text is not None:
+                                    on_text(b, cut_at_stops(text, stops), done[b])
                         if all(done):
                             break                   # the texts are cut at their stop strings below
         except KeyboardInterrupt:
@@ -224,11 +278,7 @@ def complete_batch(model, tokenizer, prompts: list[str], settings: dict, sample:
     seconds = max(time.perf_counter() - start, 1e-9)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
-    texts = []
-    for prompt, row in zip(prompts, new_ids, strict=True):
-        text = decode(row)
-        cuts = [text.index(stop) for stop in stops if stop in text]
-        texts.append(prompt + (text[:min(cuts)] if cuts else text))
+    texts = [prompt + cut_at_stops(decode(row), stops) for prompt, row in zip(prompts, new_ids, strict=True)]
     n_new = sum(len(row) for row in new_ids)
     cache = cache_report(caches, model, settings["absorb"]) if caches or settings["beams"] > 1 else "KV cache: none yet"
     report = (f"[{'interrupted (Ctrl-C) after ' if interrupted else ''}{n_new} tokens in {seconds:.2f} s, "
@@ -250,11 +300,10 @@ def run_prompts(model, tokenizer, prompts: list[str], settings: dict, device: to
     for sample in range(settings["num_samples"]):
         if settings["num_samples"] > 1:
             print(f"--- sample {sample + 1}/{settings['num_samples']} ---")
-        texts, report, interrupted = complete_batch(model, tokenizer, prompts, settings, sample, device)
-        for i, text in enumerate(texts):
-            if len(texts) > 1:
-                print(f"--- prompt {i + 1}/{len(texts)} ---")
-            print(text)
+        printer = StreamPrinter(prompts, settings["stop"])          # the text appears as it is generated
+        texts, report, interrupted = complete_batch(model, tokenizer, prompts, settings, sample, device,
+                                                    on_text=printer.update)
+        printer.finish(texts)                                      # the rest (all of it for beam search)
         print(report, flush=True)
         if interrupted:
             return False

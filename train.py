@@ -29,7 +29,7 @@ from common.cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
 from data import prepare_data
-from trainer import NonFiniteLossError, TrainConfig, Trainer, evaluate
+from trainer import NonFiniteLossError, TrainConfig, Trainer
 from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
 from training.distributed import init_distributed
 from training.memory import keep_freed_memory_in_heap
@@ -318,6 +318,7 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
         say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "
             f"device {trainer.device} | {'fused' if trainer.fused else 'plain'} AdamW | "
             f"{trainer.dist.world_size} process(es)")
+        say(trainer.schedule.describe())
         summary = trainer.train()
     except NonFiniteLossError as err:
         print(f"train.py: {err}", file=sys.stderr)
@@ -344,8 +345,8 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     say(f"\ndone: {summary['steps']} steps ({summary['stopped_because']}), {summary['tokens']:,} tokens, "
         f"{summary['tokens_per_s']:,.0f} tokens/s")
     say(f"final val loss {fmt(summary['final_val_loss'])} | best val loss {fmt(summary['best_val_loss'])}")
-    if info.is_main and not train_cfg.quiet and trainer.val_ids is not None and train_cfg.eval_batches is not None:
-        say(whole_split_line(trainer, train_cfg))
+    if info.is_main and trainer.val_ids is not None and train_cfg.eval_batches is not None:
+        say(whole_split_line(trainer))
     say(f"checkpoints: {train_cfg.out_dir}/best_model.pt, {train_cfg.out_dir}/latest.pt; "
         f"metrics: {summary['metrics_path']}")
     for sample in summary["samples"]:
@@ -355,16 +356,14 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     return 0
 
 
-def whole_split_line(trainer, train_cfg: TrainConfig) -> str:
+def whole_split_line(trainer) -> str:
     """The final model's loss on the whole validation split: the number to compare across runs. The
     evaluations during training cover only the first `eval_batches` batches, so their windows change with
-    the batch size (20 batches of 8 sequences are 37% of the essays' validation tokens, of 16 75%)."""
-    result = evaluate(trainer.raw_model, trainer.val_ids, batch_size=train_cfg.batch_size,
-                      context_length=trainer.model_cfg.context_length, max_batches=None, device=trainer.device,
-                      autocast=trainer.precision.autocast)
-    n_tokens = (len(trainer.val_ids) - 1) // trainer.model_cfg.context_length * trainer.model_cfg.context_length
-    return (f"final model on the whole validation split ({n_tokens:,} tokens): val loss {result['val_loss']:.4f} "
-            f"(ppl {result['val_ppl']:,.1f})")
+    the batch size (20 batches of 8 sequences are 37% of the essays' validation tokens, of 16 75%).
+    `Trainer.evaluate_whole_split` also logs it (metrics.jsonl, TensorBoard) and writes it into best_model.*."""
+    result = trainer.evaluate_whole_split()
+    return (f"final model on the whole validation split ({result['val_tokens']:,} tokens): val loss "
+            f"{result['val_loss']:.4f} (ppl {result['val_ppl']:,.1f})")
 
 
 def _barrier() -> None:

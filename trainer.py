@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -191,13 +192,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int, max_batches: int | None,
-             device: torch.device, autocast=nullcontext) -> dict:
-    """Mean cross-entropy over the first `max_batches` validation batches (the same tokens every time)."""
+             device: torch.device, autocast=nullcontext, progress: str | None = None) -> dict:
+    """Mean cross-entropy over the first `max_batches` validation batches (the same tokens every time).
+    `progress`: the label of a progress bar (on a terminal only)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    batches = eval_batches(val_ids, batch_size, context_length, max_batches=max_batches)
+    if progress:
+        from tqdm import tqdm  # console bar, on a TTY only (tqdm.auto warns in notebooks)
+
+        n_batches = -(-((len(val_ids) - 1) // context_length) // batch_size)
+        batches = tqdm(batches, total=min(n_batches, max_batches or n_batches), desc=progress, unit="batch",
+                       leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
-        for x, y in eval_batches(val_ids, batch_size, context_length, max_batches=max_batches):
+        for x, y in batches:
             with autocast():
                 x, y = x.to(device), y.to(device)
                 _, _, stats = model(x, y, head_loss=head_loss_for(ckpt_io.unwrap(model), x, y))
@@ -419,6 +428,41 @@ class Trainer:
             self.log.eval_row({"kind": "eval", "step": self.step, "epoch": round(self.epoch, 5), **result,
                                "best_val_loss": self.best_val_loss}, improved)
         return self.step
+
+    def evaluate_whole_split(self) -> dict | None:
+        """The loss of the final model on the whole validation split: the number to compare between runs
+        (the evaluations during training cover the first `eval_batches` batches only). Logged as a row of
+        kind 'eval_whole' (metrics.jsonl, TensorBoard `eval_whole/val_loss`) and written into best_model.*
+        as `trainer.whole_val_loss` (of the best weights: when the best checkpoint is an earlier step, its
+        weights are evaluated too). None on ranks other than 0 or without a validation split."""
+        if not self.dist.is_main or self.val_ids is None:
+            return None
+        context = self.model_cfg.context_length
+        n_tokens = (len(self.val_ids) - 1) // context * context
+        self.log.say(f"evaluating the final model on the whole validation split ({n_tokens:,} tokens)...")
+
+        def whole(model) -> dict:
+            return evaluate(model, self.val_ids, batch_size=self.cfg.batch_size, context_length=context,
+                            max_batches=None, device=self.device, autocast=self._autocast,
+                            progress=None if self.cfg.quiet else "whole validation split")
+
+        result = whole(self.raw_model) | {"val_tokens": n_tokens}
+        self.log.record({"kind": "eval_whole", "step": self.step, "epoch": round(self.epoch, 5), **result})
+        best = self.checkpoints.out_dir and self.checkpoints.out_dir / "best_model.pt"
+        if best and best.is_file():
+            ckpt = ckpt_io.load_checkpoint(best, map_location="cpu")
+            if int(ckpt["step"]) == self.step:
+                best_loss = result["val_loss"]
+            else:                                # the best weights are an earlier step's: measure them too
+                model = DeepSeekModel(self.model_cfg).to(self.device)
+                ckpt_io.load_model_state(model, ckpt, best)
+                best_loss = whole(model)["val_loss"]
+                self.log.say(f"best model (step {ckpt['step']}) on the whole validation split: val loss "
+                             f"{best_loss:.4f}")
+            ckpt["trainer"] = ckpt.get("trainer", {}) | {"whole_val_loss": best_loss, "whole_val_tokens": n_tokens}
+            self.checkpoints.save_best(ckpt)
+        self.log.close()                         # flush metrics.jsonl and the TensorBoard events
+        return result
 
     def sample(self) -> list[dict]:
         """Continue each of cfg.sample_prompts (a warning, never an error, if that fails)."""

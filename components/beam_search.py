@@ -35,11 +35,16 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
                 stop_tokens=None, absorb: bool = True) -> torch.Tensor:
     """Deterministic search for a likely continuation of one prompt (1, T) -> best (1, T + new).
 
-    Keeps the N partial sequences with the highest total log-probability. Each step expands every
-    beam by its 2N best tokens, moves candidates ending in a stop token to the finished list,
-    keeps the best N others. Stops after max_new_tokens, or once N sequences finished (HF's
-    early_stopping=True). The winner maximises log p / new_tokens ** length_penalty (> 0 favours
-    longer outputs). For clarity each step recomputes a full forward over the beams (no cache).
+    Keeps the N partial sequences with the highest total log-probability. Each step ranks the
+    (1 + n_stop) * N best (beam, token) extensions (at least 2N; so that N of them never end in a
+    stop token), finishes the candidates that end in a stop token AND rank among the N best (one
+    ranked lower is dropped: N live beams beat it), and keeps the N best others as the beams. At the
+    last step (max_new_tokens) the N best candidates all finish, stop token or not. Stops there, or
+    once N sequences finished. The winner maximises
+    log p / new_tokens ** length_penalty (> 0 favours longer outputs). This is transformers'
+    `generate(num_beams=N, early_stopping=True, length_penalty=...)`, checked against it on random
+    models (tests/test_hugging_face_format.py). For clarity each step recomputes a full forward over the beams
+    (no cache).
     """
     if not (isinstance(num_beams, int) and num_beams >= 1):
         raise ValueError(f"num_beams={num_beams!r}: must be an integer >= 1")
@@ -64,15 +69,18 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
             logits, _, _ = model(beams[:, -context:], absorb=absorb)           # (N, S, V)
             log_probs = logits[:, -1, :].float().log_softmax(dim=-1)            # (N, V)
             V = log_probs.shape[-1]
-            # 2) the 2N best (beam, token) extensions by total log-probability
+            # 2) the (1 + n_stop) * N best (beam, token) extensions by total log-probability
             totals = (scores[:, None] + log_probs).flatten()                   # (N*V,)
-            top_scores, top_ids = totals.topk(min(2 * num_beams, totals.numel()))
+            top_scores, top_ids = totals.topk(min(max(2, 1 + len(stops)) * num_beams, totals.numel()))
             kept_seqs, kept_scores = [], []
-            for score, flat_id in zip(top_scores.tolist(), top_ids.tolist(), strict=True):
+            for rank, (score, flat_id) in enumerate(zip(top_scores.tolist(), top_ids.tolist(), strict=True)):
                 beam, token = divmod(flat_id, V)
                 seq = torch.cat((beams[beam], beams.new_tensor([token])))       # (S+1,)
-                if token in stops:      # 3) a finished hypothesis, scored with the length penalty
-                    finished.append((score / n_new ** length_penalty, seq))
+                # 3) a finished hypothesis (if among the N best), scored with the length penalty: one that
+                # ends in a stop token, or any at the last step (the live beams compete with the finished)
+                if token in stops or n_new == max_new_tokens:
+                    if rank < num_beams:
+                        finished.append((score / n_new ** length_penalty, seq))
                 else:
                     kept_seqs.append(seq)
                     kept_scores.append(score)
@@ -80,9 +88,6 @@ def beam_search(model, idx: torch.Tensor, max_new_tokens: int, num_beams: int = 
                         break
             beams = torch.stack(kept_seqs) if kept_seqs else beams[:0]         # (N, S+1)
             scores = scores.new_tensor(kept_scores)                             # (N,)
-        # 4) unless N hypotheses finished, the live beams compete with the finished ones
-        if len(finished) < num_beams and n_new:
-            finished.extend((s / n_new ** length_penalty, seq) for s, seq in zip(scores.tolist(), beams, strict=True))
     finally:
         model.train(was_training)
     if not finished:

@@ -19,7 +19,14 @@ Balance losses (docs/maths.md §2.5), each already multiplied by its coefficient
     'sequence' V3 eqs 17-20: the same per sequence of T tokens, averaged over the B sequences
     'z'        ST-MoE router z-loss: mean_t logsumexp(logits_t)^2
     'kl'       KL(p_bar || uniform) = log E - H(p_bar), p_bar = mean_t s'_t  (0 iff p_bar is uniform)
-with s' = s normalised to sum 1 per token (a no-op for softmax). They are computed whenever their
+with s' = s normalised to sum 1 per token (a no-op for softmax). Two choices where the papers read otherwise:
+  * f_i counts the experts actually routed to, TopK of s + b after group limiting; V3 eq 18 writes TopK of
+    s alone. With the bias (or groups) on, ours penalises the selection that really happens, which is what
+    the loss is there to balance; with balancing='aux_loss' and one group the two are the same.
+  * 'expert' treats the whole batch (B*T tokens) as one sequence; V2 eqs 23-25 sum over the T tokens of a
+    sequence. A batch-level f_i P_i is the usual reading for one device (Switch, GShard) and balances the
+    batch as a whole; the per-sequence form is 'sequence' (same formula, mean over sequences).
+They are computed whenever their
 coefficient is > 0, in training AND eval mode, so validation can report them; the trainer decides
 what to backpropagate.
 

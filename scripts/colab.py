@@ -25,9 +25,10 @@ from common.cli import CommandLine  # noqa: E402
 from constants import REPOSITORY_URL  # noqa: E402
 
 BADGE_TAG, SETUP_TAG = "colab-badge", "colab-setup"
+IGNORE_OUTPUT_TAG = "nbval-ignore-output"     # nbval does not compare the set-up cell's output (it names a path)
 SETUP_PRINTS = "the project's modules are imported from "
 
-SETUP_SOURCE = '''# NBVAL_IGNORE_OUTPUT
+SETUP_SOURCE = '''\
 # Set-up. The project's modules are imported from the clone (installing it adds only its dependencies), so this
 # cell puts the clone's root on the import path. On Colab it first clones the project and installs them.
 import os
@@ -71,13 +72,14 @@ def colab_cells(relative: str, url: str) -> list:
     printed = SETUP_PRINTS + os.path.relpath(".", folder) + "\n"
     setup.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
     setup.execution_count = 1                             # the first cell a kernel runs (nbval: a run cell)
-    badge.metadata["tags"], setup.metadata["tags"] = [BADGE_TAG], [SETUP_TAG]
+    badge.metadata["tags"], setup.metadata["tags"] = [BADGE_TAG], [SETUP_TAG, IGNORE_OUTPUT_TAG]
     return [badge, setup]
 
 
 def shown(cell) -> tuple:
-    """What a reader sees of a cell: its kind, source and printed text."""
-    return cell.cell_type, cell.source, [o.get("text") for o in cell.get("outputs", [])], cell.get("execution_count")
+    """What a reader sees of a cell (its kind, source and printed text), its tags and its execution count."""
+    return (cell.cell_type, cell.source, [o.get("text") for o in cell.get("outputs", [])], cell.metadata.get("tags"),
+            cell.get("execution_count"))
 
 
 def is_colab_cell(cell) -> bool:

@@ -2,10 +2,13 @@
 
 import dataclasses
 import math
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
+import components
 from components.deepseek_model import DeepSeekModel
 from components.moe import MoE
 from constants import TINY
@@ -258,3 +261,12 @@ def test_model_loss_is_the_same_with_and_without_the_fused_head():
     plain_grads = [p.grad for p in model.parameters() if p.grad is not None]
     for fused, plain in zip(fused_grads, plain_grads, strict=True):
         torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_the_package_exports_the_model_and_its_config_and_build_outputs_are_ignored():
+    assert components.DeepSeekModel is DeepSeekModel and components.ModelConfig.__name__ == "ModelConfig"
+    assert {"DeepSeekModel", "ModelConfig", "generate", "beam_search"} <= set(components.__all__)
+    repo = Path(__file__).resolve().parents[1]
+    ignored = subprocess.run(["git", "check-ignore", "hf_model/config.json", "build/x"], cwd=repo,
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == ["hf_model/config.json", "build/x"]

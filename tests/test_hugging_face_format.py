@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from components.beam_search import beam_search
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
 from hugging_face.__main__ import main
-from hugging_face.convert import HFFormatError, check_exportable, load_hf_dir
+from hugging_face.convert import HFFormatError, check_exportable, hf_config, load_hf_dir, load_into_hf
 from training.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -130,13 +131,25 @@ def test_to_hf_writes_gpt2_tokenizer_that_splits_like_ours(tmp_path, tokenizer):
     cfg = replace(BASE, vocab_size=50257, n_layers=1, d_model=32, kv_latent_dim=8, n_routed_experts=4,
                   expert_hidden_dim=16)
     out = to_hf(random_model(cfg), tmp_path)
-    assert {"vocab.json", "merges.txt", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
     hf_tokenizer = AutoTokenizer.from_pretrained(out)
     text = ("The best way to learn programming is to write programs.\n\n  Don't stop: 1234 naïve café"
             "<|endoftext|>Next essay")
     ids = tokenizer.encode(text, allowed_special="all")
     assert hf_tokenizer.encode(text) == ids
     assert hf_tokenizer.decode(ids) == text
+    # tokenizer.json alone is the fast tokenizer: the tokenizers library reads it, and so does AutoTokenizer
+    # when vocab.json and merges.txt are not there to build one from
+    from tokenizers import Tokenizer
+
+    assert Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids == ids
+    only_fast = tmp_path / "only_fast"
+    only_fast.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (only_fast / name).write_bytes((out / name).read_bytes())
+    fast = AutoTokenizer.from_pretrained(only_fast)
+    assert fast.is_fast and fast.encode(text) == ids and fast.decode(ids) == text
+    assert fast.eos_token_id == 50256
     config = json.loads((out / "config.json").read_text())
     assert config["eos_token_id"] == config["bos_token_id"] == 50256
 
@@ -296,3 +309,79 @@ def test_from_hf_reads_unfused_experts_and_skips_mtp_layers_with_a_warning(tmp_p
         ours, _ = load_hf_dir(tmp_path / "hf")
     torch.manual_seed(1)
     assert_same_logits(ours, hf, torch.randint(0, VOCAB, (2, 16)), "from-hf unfused experts")
+
+
+@pytest.mark.parametrize("init_std", [0.02, 0.3])          # near-uniform and peaked next-token distributions
+def test_beam_search_with_a_stop_token_matches_hf_generate_early_stopping(init_std):
+    """Our beam_search == transformers' generate(num_beams=N, early_stopping=True) on the same weights, over
+    a scan of random models, prompts, beam counts, stop tokens and length penalties. The stop token is one that
+    greedy decoding emits, so that hypotheses do finish early (before the fix, 2 of the 48 cases of each
+    parametrisation differed: a stop-token candidate ranked below the N best was finished, or a live beam lost
+    to a hypothesis finished at the last step)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = ModelConfig(vocab_size=24, context_length=32, d_model=32, n_layers=2, n_heads=2, kv_latent_dim=8,
+                      n_routed_experts=4, n_shared_experts=1, top_k=2, expert_hidden_dim=16, n_dense_layers=1,
+                      init_std=init_std)
+    cases = differ = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        ours = DeepSeekModel(cfg).eval()
+        hf = AutoModelForCausalLM.from_config(hf_config(cfg)).eval()
+        load_into_hf(hf, ours.state_dict(), cfg)
+        generator = torch.Generator().manual_seed(seed)
+        for beams, at, length_penalty in ((2, 1, 1.0), (3, 2, 1.0), (4, 3, 1.0), (4, 0, 1.0), (3, 1, 0.0), (4, 2, 2.0)):
+            prompt = torch.randint(0, cfg.vocab_size, (1, 5), generator=generator)
+            with torch.no_grad():
+                stop = int(ours.generate(prompt, at + 1, temperature=0)[0, 5 + at])
+                theirs = hf.generate(prompt, max_new_tokens=12, num_beams=beams, early_stopping=True, do_sample=False,
+                                     eos_token_id=stop, pad_token_id=stop, length_penalty=length_penalty)
+            mine = beam_search(ours, prompt, 12, num_beams=beams, stop_tokens=stop, length_penalty=length_penalty)
+            cases, differ = cases + 1, differ + (not torch.equal(mine, theirs))
+    assert (cases, differ) == (48, 0)
+
+
+def test_to_hf_generation_config_stops_a_bare_pipeline_at_the_context(tmp_path):
+    """generation_config.json: `pipeline("text-generation")` with no arguments stops at the context length
+    (without the file it generated far past it); it samples as inference.py does and ends at <|endoftext|>."""
+    from transformers import pipeline, set_seed
+
+    cfg = replace(BASE, vocab_size=50257, n_layers=1, d_model=32, kv_latent_dim=8, n_routed_experts=4,
+                  expert_hidden_dim=16)
+    out = to_hf(random_model(cfg), tmp_path)
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation == {"max_length": 64, "do_sample": True, "temperature": 0.8, "bos_token_id": 50256,
+                          "eos_token_id": 50256, "pad_token_id": 50256}
+
+    def generated_length(directory) -> int:
+        set_seed(0)
+        result = pipeline("text-generation", model=str(directory))("The best way to learn programming is",
+                                                                   return_tensors=True)
+        return len(result[0]["generated_token_ids"])
+
+    assert generated_length(out) == cfg.context_length
+    (out / "generation_config.json").unlink()                     # what the export wrote before
+    assert generated_length(out) > cfg.context_length
+
+
+def test_to_hf_model_card_says_what_how_trained_val_loss_and_licences(tmp_path):
+    model = random_model(BASE)
+    ckpt = make_checkpoint(model, step=446, kind="best",
+                           train_config={"batch_size": 8, "lr": 0.003, "eval_batches": 20},
+                           trainer={"val_loss": 5.5, "whole_val_loss": 5.4041, "whole_val_tokens": 54784,
+                                    "tokens": 456704})
+    atomic_save(ckpt, tmp_path / "best.pt")
+    assert main(["to-hf", str(tmp_path / "best.pt"), str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "library_name: transformers" in front and "pipeline_tag: text-generation" in front
+    assert "DeepseekV3ForCausalLM" in body and f"{sum(p.numel() for p in model.parameters()):,}-parameter" in body
+    assert "446 optimizer steps, 456,704 tokens" in body and "batch_size 8, lr 0.003" in body
+    assert "**5.4041** mean cross-entropy (nats/token) on the whole validation split (54,784 tokens)" in body
+    assert "MIT licence" in body and "Paul Graham's essays" in body and "copyrighted" in body
+    # without the whole-split loss, the training evaluations' loss, saying what it covered
+    ckpt["trainer"] = {"val_loss": 5.5}
+    atomic_save(ckpt, tmp_path / "best.pt")
+    assert main(["to-hf", str(tmp_path / "best.pt"), str(tmp_path / "hf"), "--force"]) == 0
+    assert "**5.5000** mean cross-entropy (nats/token) on the first 20 validation batches" in (
+        tmp_path / "hf" / "README.md").read_text()

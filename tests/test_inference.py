@@ -3,6 +3,7 @@ interactive loop driven through stdin, and missing or corrupt checkpoints."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from dataclasses import replace
@@ -151,3 +152,61 @@ def test_interactive_commands_validate_and_keep_going():
     assert updated["absorb"] is False and message == "absorb = False"
     assert inference.apply_command(":help", updated)[1] == inference.HELP
     assert inference.apply_command(":nonsense 3", updated)[1].startswith("error: unknown command")
+
+
+# --- streaming -------------------------------------------------------------------------------------
+
+class RecordingStdout(io.StringIO):
+    """stdout that remembers how much had been printed each time the model produced a token."""
+
+
+def streamed(monkeypatch, stop_after: int | None = None) -> list[int]:
+    """Wrap inference.stream_tokens: record len(stdout) at every token; raise Ctrl-C after `stop_after` tokens."""
+    seen, real = [], inference.stream_tokens
+
+    def recording(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if stop_after is not None and i == stop_after:
+                raise KeyboardInterrupt
+            seen.append(len(sys.stdout.getvalue()))
+            yield item
+
+    monkeypatch.setattr(inference, "stream_tokens", recording)
+    return seen
+
+
+def test_one_prompt_is_printed_as_it_is_generated(checkpoint_path, monkeypatch):
+    common = ["--model_path", str(checkpoint_path), "--prompt", PROMPT, "--max_new_tokens", "30", "--seed", "2",
+              "--temperature", "1.0"]
+    assert inference.main(common) == 0          # the reference: the same completion (seeded), checked after
+    monkeypatch.setattr(sys, "stdout", RecordingStdout())
+    seen = streamed(monkeypatch)
+    assert inference.main(common) == 0
+    out = sys.stdout.getvalue()
+    monkeypatch.undo()
+    loaded = out.index("\n") + 1
+    # seen[i]: what was printed when token i came out of the model (before it was decoded and printed)
+    assert len(seen) == 30 and seen[0] == loaded and seen[1] > loaded + len(PROMPT)
+    assert len(set(seen)) > 10 and seen[-1] > seen[0]                     # text kept appearing while generating
+    assert completion(out).startswith(PROMPT) and len(report_lines(out)) == 1
+
+
+def test_streamed_output_equals_the_whole_completions_and_ctrl_c_keeps_the_text(checkpoint_path, monkeypatch, capsys):
+    """With a stop string and several prompts the printed text is exactly the returned completions; Ctrl-C
+    after 7 tokens prints the text of those 7 tokens, and the report says so."""
+    model, _ = inference.load_any_model(checkpoint_path)
+    tokenizer = inference.get_tokenizer()
+    settings = {name: default for name, (_, default, _) in inference.SETTINGS.items()} | {
+        "max_new_tokens": 25, "seed": 4, "temperature": 1.0, "stop": [" the"], "absorb": True}
+    prompts = [PROMPT, "Startups are", "Hello"]
+    texts, _, _ = inference.complete_batch(model, tokenizer, prompts, settings, 0, torch.device("cpu"))
+    assert inference.run_prompts(model, tokenizer, prompts, settings, torch.device("cpu")) is True
+    out = capsys.readouterr().out
+    assert out.startswith("".join(f"--- prompt {i + 1}/3 ---\n{text}\n" for i, text in enumerate(texts)))
+    streamed(monkeypatch, stop_after=7)
+    assert inference.run_prompts(model, tokenizer, [PROMPT], settings | {"stop": []}, torch.device("cpu")) is False
+    out = capsys.readouterr().out
+    (seven,), _, _ = inference.complete_batch(model, tokenizer, [PROMPT], settings | {"stop": [], "max_new_tokens": 7},
+                                              0, torch.device("cpu"))
+    assert out.startswith(seven + "\n") and len(seven) > len(PROMPT)
+    assert "[interrupted (Ctrl-C) after 7 tokens" in out

@@ -45,6 +45,9 @@ def test_train_cli_writes_tensorboard_events_equal_to_the_metrics(tmp_path):
     assert [s for s, _ in scalars["eval/val_loss"]] == [r["step"] for r in evals] == [2, 3]
     assert [v for _, v in scalars["eval/val_loss"]] == pytest.approx([r["val_loss"] for r in evals], rel=1e-6)
     assert "The best way to learn programming is" in texts["samples/text_summary"][0]
+    whole = [r for r in rows if r["kind"] == "eval_whole"]        # the whole validation split, at the end
+    assert [s for s, _ in scalars["eval_whole/val_loss"]] == [r["step"] for r in whole] == [3]
+    assert scalars["eval_whole/val_loss"][0][1] == pytest.approx(whole[0]["val_loss"], rel=1e-6)
 
 
 def test_tensorboard_sink_gets_every_row_and_survives_a_second_train_call(tmp_path):

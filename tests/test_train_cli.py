@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -100,7 +101,18 @@ def test_tiny_run_end_to_end_then_resume(tmp_path):
     assert (len(val_ids) - 1) // TINY.context_length > 4     # more windows than the one batch of 4 evaluated
     assert int(whole.group(1).replace(",", "")) == (len(val_ids) - 1) // TINY.context_length * TINY.context_length
     assert "--- The best way to learn programming is" in out            # the samples come last
+    # the warmup printed is the one used: warmup_steps=100 capped at 10% of the 3-step horizon
+    assert "lr schedule: warmup 0 steps (warmup_steps=100 capped at 10% of the horizon), cosine to" in out
     run = tmp_path / "run"
+    # the whole-split loss is also a metrics row and in best_model.json (the best weights are the final ones)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    whole_rows = [row for row in rows if row["kind"] == "eval_whole"]
+    assert len(whole_rows) == 1 and whole_rows[0]["step"] == 3
+    assert abs(whole_rows[0]["val_loss"] - expected) < 1e-6
+    assert whole_rows[0]["val_tokens"] == int(whole.group(1).replace(",", ""))
+    best_meta = json.loads((run / "best_model.json").read_text())
+    assert best_meta["step"] == 3 and abs(best_meta["trainer"]["whole_val_loss"] - expected) < 1e-6
+    assert load_checkpoint(run / "best_model.pt")["trainer"]["whole_val_loss"] == best_meta["trainer"]["whole_val_loss"]
     model, meta = load_model(run / "best_model.pt")
     assert model.cfg == TINY and meta["kind"] == "best"
     assert load_checkpoint(run / "latest.pt")["step"] == 3 and (run / "metrics.jsonl").is_file()

@@ -12,7 +12,7 @@ import torch
 from training_helpers import ListBatches, fixed_batches, pattern_ids, tiny_cfg, train_cfg
 
 from components.deepseek_model import DeepSeekModel
-from trainer import NonFiniteLossError, TrainConfig, Trainer, split_decay
+from trainer import NonFiniteLossError, TrainConfig, Trainer, evaluate, split_decay
 from training import checkpoint
 from training.schedule import lr_at
 from training.time_budget import fit_time_horizon
@@ -399,3 +399,23 @@ def test_fp16_with_a_loss_scaler_trains_and_resumes_exactly_on_cpu(tmp_path):
     assert second.scaler.get_scale() == full.scaler.get_scale()
     for key, value in full.raw_model.state_dict().items():
         torch.testing.assert_close(second.raw_model.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_whole_split_loss_is_logged_and_written_for_the_best_weights(tmp_path):
+    """evaluate_whole_split: a metrics row of the final model; best_model.* get the loss of *their* weights,
+    measured again when the best checkpoint is an earlier step than the final one."""
+    trainer = Trainer(tiny_cfg(), train_cfg(tmp_path, eval_every=2, eval_batches=1), train_ids=TRAIN_IDS,
+                      val_ids=VAL_IDS)
+    trainer.train(2)                                       # best_model.pt: step 2
+    trainer.best_val_loss = -math.inf                      # so that no later evaluation replaces it
+    trainer.train(2)
+    result = trainer.evaluate_whole_split()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["kind"] == "eval_whole" and rows[-1]["step"] == 4 and rows[-1]["val_loss"] == result["val_loss"]
+    best = json.loads((tmp_path / "best_model.json").read_text())
+    model, meta = checkpoint.load_model(tmp_path / "best_model.pt")
+    expected = evaluate(model, VAL_IDS, batch_size=trainer.cfg.batch_size, context_length=model.cfg.context_length,
+                        max_batches=None, device=torch.device("cpu"))["val_loss"]
+    assert best["step"] == meta["step"] == 2
+    assert best["trainer"]["whole_val_loss"] == meta["trainer"]["whole_val_loss"] == pytest.approx(expected, abs=1e-6)
+    assert abs(expected - result["val_loss"]) > 1e-4       # the step-2 weights, not the final ones

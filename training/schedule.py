@@ -45,13 +45,21 @@ class CosineSchedule:
     def __init__(self, peak_lr: float, warmup_steps: int, min_lr_ratio: float, horizon: int | None):
         self.peak_lr, self.min_lr_ratio = peak_lr, min_lr_ratio
         self.horizon: int | None = None
-        self.warmup_steps = warmup_steps
+        self.requested_warmup = self.warmup_steps = warmup_steps
         self.set_horizon(horizon)
 
     def set_horizon(self, horizon: int | None) -> None:
         if horizon is not None:
             self.warmup_steps = min(self.warmup_steps, horizon // 10)
         self.horizon = horizon
+
+    def describe(self) -> str:
+        """The warmup and horizon this run will use (the printed config shows the requested warmup_steps)."""
+        capped = (f" (warmup_steps={self.requested_warmup} capped at 10% of the horizon)"
+                  if self.warmup_steps < self.requested_warmup else "")
+        end = (f"cosine to {self.min_lr_ratio:g} x lr at step {self.horizon}" if self.horizon is not None
+               else "the horizon is fitted to the time budget after the first steps (the warmup is at most 10% of it)")
+        return f"lr schedule: warmup {self.warmup_steps} steps{capped}, {end}"
 
     def lr(self, step: int) -> float:
         return lr_at(step, peak_lr=self.peak_lr, warmup_steps=self.warmup_steps, horizon=self.horizon,

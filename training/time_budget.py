@@ -66,7 +66,7 @@ class TimeBudget:
         schedule.set_horizon(min(fits, cap) if cap else fits)
         if previous is None or abs(schedule.horizon - previous) > 0.02 * previous:
             return (f"time budget: ~{fits} steps fit in {self.seconds / 60:g} min ({step_s:.2f} s/step); "
-                    f"cosine schedule ends at step {schedule.horizon}")
+                    f"warmup {schedule.warmup_steps} steps, cosine schedule ends at step {schedule.horizon}")
         return None
 
     def fit(self, step: int, evaluated: bool) -> tuple[int, float]:
