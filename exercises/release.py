@@ -48,6 +48,16 @@ README_NOTE = """> **Student release.** This copy of the project has the exercis
 """
 
 
+def release_readme(text: str) -> str:
+    """The README of the student copy: the release note first, and no pointer to the solutions, which the copy
+    does not have (a sentence that names them is dropped; "(+ solutions/)" in the layout list goes)."""
+    text = re.sub(r"[ \t]*\(\+ solutions/\)", "", text)
+    sentences = r"(?<![^\s])[^.\n]*(?:\n(?!\n)[^.\n]*)*?(?:notebooks/solutions|[Ss]olutions notebook)[^.\n]*\.(?=\s|$)[ \t]*"
+    text = re.sub(sentences, "", text)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return README_NOTE + text
+
+
 def project_files() -> list[str]:
     """Paths (relative, posix) of the files to copy, before exclusions."""
     try:
@@ -127,7 +137,7 @@ def write_release(out: Path) -> tuple[int, int]:
                 nbformat.write(nb, target)
                 reset += 1
             elif rel == "README.md":
-                target.write_text(README_NOTE + source.read_text(encoding="utf-8"), encoding="utf-8")
+                target.write_text(release_readme(source.read_text(encoding="utf-8")), encoding="utf-8")
             else:
                 shutil.copy2(source, target)
         if out.is_dir():

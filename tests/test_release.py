@@ -69,7 +69,10 @@ def test_the_release_holds_no_answers(release):
     assert not (release / "tests" / "exercise_checks.py").exists()
     assert not [p.name for p in (release / "tests").rglob("*.py") if "solutions" in p.read_text()]
     assert (release / "exercises" / "grade.py").is_file() and (release / "components").is_dir()
-    assert (release / "README.md").read_text().startswith("> **Student release.**")
+    readme = (release / "README.md").read_text()
+    assert readme.startswith("> **Student release.**")
+    assert "notebooks/solutions" not in readme and "solutions/" not in readme     # the copy has none
+    assert "solutions notebook" not in readme.lower()
     # no line of a solution's answer (30 characters or more) appears in the checkers
     norm = lambda text: re.sub(r"\s+", "", text)                          # noqa: E731
     for path in sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb")):
@@ -95,6 +98,20 @@ def test_the_release_notebooks_are_the_chapters_with_stubs(release):
                 assert b.source in a.source
             else:
                 assert (a.source, a.get("outputs")) == (b.source, b.get("outputs")), path.name
+
+
+def test_release_readme_drops_every_pointer_to_the_solutions():
+    from exercises.release import release_readme
+
+    text = ("Intro. Solutions are in `notebooks/solutions/`. The committed notebooks\nare executed.\n\n"
+            "notebooks/             chapter notebooks (+ solutions/), executed in CI\n\n"
+            "| 8 | 20 s |\n\nEach solutions notebook takes 3-10 s in either mode.\n\n### Next\n")
+    out = release_readme(text)
+    assert out.startswith("> **Student release.**")
+    assert "Intro. The committed notebooks\nare executed." in out
+    assert "notebooks/             chapter notebooks, executed in CI" in out
+    assert "solutions notebook" not in out and "solutions/" not in out and "### Next" in out
+    assert "solutions/" not in release_readme((ROOT / "README.md").read_text())
 
 
 def test_a_teacher_copy_with_answers_is_reset(release, tmp_path):
