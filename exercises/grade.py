@@ -18,9 +18,13 @@ name) with --check-timeout seconds each. So a notebook that crashes, hangs or wa
 graded: what it defined counts, what it did not is a FAIL that says why. The grader runs the
 student's code: it is a grader, not a sandbox.
 
-Rows: one per student and exercise (status, points, the checker's hint; for a written exercise its
-text, for the teacher to read and score), and one `total` row per student with the points of the
-automatic checks and notes on the notebooks (a cell that raised, a time limit that was hit).
+Rows (--csv OUT): one per student and exercise. `status` is one of PASS, FAIL, NOT ATTEMPTED or ERROR
+(ERROR: the grader could not grade it -- an unreadable notebook, an unknown chapter, a kernel that
+died); `hint` holds the checker's hint or the reason, in full; a written exercise has no points here:
+its text is in `answer` and `for_teacher` says it is to be scored. The summary (--summary OUT, by
+default next to the CSV as OUT_summary.csv): one row per student, the points of every chapter, the
+written answers the teacher still has to score, and notes on the notebooks (a cell that raised, a time
+limit that was hit). The console shows both, hints in full.
 """
 
 from __future__ import annotations
@@ -34,17 +38,22 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.cli import CommandLine, UsageError
-from exercises import ANSWERED, FAIL, PASS, chapter_exercises
+from exercises import ANSWERED, FAIL, NOT_ATTEMPTED, PASS, chapter_exercises
 from exercises.notebook import chapter_of
 
 ROOT = Path(__file__).resolve().parent.parent           # the project whose library and checkers grade
-COLUMNS = ("student", "chapter", "exercise", "kind", "status", "points", "max_points", "hint", "answer", "notebook")
+COLUMNS = ("student", "chapter", "exercise", "kind", "status", "points", "max_points", "for_teacher", "hint", "answer",
+           "notebook")
+ERROR = "ERROR"                                         # the grader could not grade it (not the student's answer)
+STATUSES = (PASS, FAIL, NOT_ATTEMPTED, ERROR)           # the only values of the status column
+CHAPTER_NUMBERS = range(1, 9)
 COLAB_TAGS = {"colab-badge", "colab-setup"}            # Colab-only set-up: nothing to do where the grader runs
 
 
@@ -204,7 +213,7 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
 
     def fail_rest(why: str) -> None:
         for eid, ex in exercises.items():
-            graded.results.setdefault(eid, {"status": FAIL, "points": 0, "max_points": ex.points, "detail": why,
+            graded.results.setdefault(eid, {"status": ERROR, "points": 0, "max_points": ex.points, "detail": why,
                                             "written": ex.written})
 
     if sub.nb is None:
@@ -262,7 +271,7 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
                 result = _result_of(cell, marker)
                 if result is None:
                     why = _first_error(cell) or "no output"
-                    result = {"status": FAIL, "points": 0, "max_points": ex.points, "written": ex.written,
+                    result = {"status": ERROR, "points": 0, "max_points": ex.points, "written": ex.written,
                               "detail": f"could not be checked ({why})"}
                 graded.results[eid] = result
     except DeadKernelError:
@@ -276,51 +285,66 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
 
 
 # --- rows, table, CSV ---------------------------------------------------------------------------
-def rows_of(all_graded: list[Graded]) -> list[dict]:
-    rows, by_student = [], {}
+def rows_of(all_graded: list[Graded]) -> tuple[list[dict], list[dict]]:
+    """(one row per student and exercise, one summary row per student)."""
+    rows, summary, by_student = [], [], {}
     for graded in all_graded:
         by_student.setdefault(graded.submission.student, []).append(graded)
     for student in sorted(by_student):
-        earned = possible = passed = auto = written_points = 0
-        notes = []
+        total = dict(student=student, points=0, max_points=0, passed=0, checked=0, errors=0)
+        to_score, notes = [], []
         for graded in sorted(by_student[student], key=lambda g: g.submission.chapter or 0):
             sub = graded.submission
-            chapter = sub.chapter if sub.chapter is not None else ""
-            if sub.chapter is None:
-                rows.append(dict(student=student, chapter="", exercise="", kind="", status="NOT GRADED", points=0,
-                                 max_points=0, hint=sub.problem, answer="", notebook=str(sub.path)))
+            chapter = sub.chapter
+            if chapter is None:
+                rows.append(dict(student=student, chapter="", exercise="", kind="", status=ERROR, points=0,
+                                 max_points=0, for_teacher="", hint=f"not graded: {sub.problem}", answer="",
+                                 notebook=str(sub.path)))
+                total["errors"] += 1
                 notes.append(f"{sub.path.name}: {sub.problem}")
                 continue
-            for eid, ex in chapter_exercises(sub.chapter).items():
+            earned = possible = 0
+            for eid, ex in chapter_exercises(chapter).items():
                 r = graded.results[eid]
+                status = PASS if r["status"] == ANSWERED else r["status"]   # a written answer is there
                 row = dict(student=student, chapter=chapter, exercise=eid, kind="written" if ex.written else "code",
-                           status=r["status"], max_points=ex.points, notebook=str(sub.path))
+                           status=status, max_points=ex.points, for_teacher="", notebook=str(sub.path))
+                total["errors"] += status == ERROR
                 if ex.written:
-                    written_points += ex.points
                     answered = r["status"] == ANSWERED
                     row.update(points="", hint="" if answered else r["detail"], answer=r["detail"] if answered else "")
+                    if answered:
+                        row["for_teacher"] = f"score this written answer (up to {ex.points} points)"
+                        to_score.append(f"{eid} ({ex.points} points)")
                 else:
-                    auto += 1
-                    passed += r["status"] == PASS
+                    total["checked"] += 1
+                    total["passed"] += status == PASS
                     earned += r["points"]
                     possible += ex.points
                     row.update(points=r["points"], hint=r["detail"], answer="")
                 rows.append(row)
+            total[f"ch{chapter:02d}"], total[f"ch{chapter:02d}_max"] = earned, possible
+            total["points"] += earned
+            total["max_points"] += possible
             notes += [f"chapter {chapter}: {note}" for note in graded.notes]
-        summary = f"{passed} of {auto} exercises passed"
-        if written_points:
-            summary += f"; written answers worth up to {written_points} points are for you to score"
-        rows.append(dict(student=student, chapter="", exercise="total", kind="", status=summary, points=earned,
-                         max_points=possible, hint="; ".join(notes), answer="", notebook=""))
-    return rows
+        total["written_to_score"] = "; ".join(to_score)
+        total["notes"] = "; ".join(notes)
+        summary.append(total)
+    return rows, summary
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def summary_columns(summary: list[dict]) -> list[str]:
+    chapters = [f"ch{n:02d}" for n in CHAPTER_NUMBERS if any(f"ch{n:02d}" in row for row in summary)]
+    return (["student", "points", "max_points", "passed", "checked"]
+            + [c for ch in chapters for c in (ch, f"{ch}_max")] + ["written_to_score", "errors", "notes"])
+
+
+def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> None:
     """Atomically: a half-written file never replaces a good one."""
     fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
             writer.writeheader()
             writer.writerows(rows)
         os.replace(tmp, path)
@@ -334,19 +358,35 @@ def _short(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], summary: list[dict], csv_path: Path | None = None) -> str:
+    """The console report: every exercise with its hint in full (wrapped), written answers shortened with
+    where to read them whole, then one line per student."""
+    where = (f"the whole answer: column 'answer' of {csv_path}" if csv_path is not None
+             else "pass --csv FILE to save the whole answer")
     lines = [f"{'student':<16} {'ex':<5} {'status':<14} {'points':>7}  hint / written answer"]
+    indent = " " * 47
     for row in rows:
-        if row["exercise"] == "total":
-            summary = row["status"] + ("; " + row["hint"] if row["hint"] else "")
-            lines.append(f"{_short(row['student'], 16):<16} {'total':<5} {'':<14} "
-                         f"{row['points']:>3}/{row['max_points']:<3}  {_short(summary, 90)}")
-            lines.append("")
-            continue
         points = "written" if row["kind"] == "written" else f"{row['points']}/{row['max_points']}"
-        note = row["answer"] or row["hint"]
-        lines.append(f"{_short(row['student'], 16):<16} {row['exercise']:<5} {row['status']:<14} {points:>7}  "
-                     f"{_short(note, 90)}")
+        head = f"{_short(row['student'], 16):<16} {row['exercise'] or '-':<5} {row['status']:<14} {points:>7}  "
+        if row["answer"]:
+            answer = _short(row["answer"], 60)
+            note = answer + ("" if answer == _short(row["answer"], 10**6) else f" ({where})") + " -- to score"
+        else:
+            note = re.sub(r"\s+", " ", str(row["hint"])).strip()
+        wrapped = textwrap.wrap(note, 70, break_long_words=False, break_on_hyphens=False) or [""]
+        lines.append(head + wrapped[0])
+        lines += [indent + more for more in wrapped[1:]]
+    lines += ["", f"{'student':<16} {'points':>9}  per chapter (points/max), written answers to score, notes"]
+    for total in summary:
+        chapters = ", ".join(f"ch{n} {total[f'ch{n:02d}']}/{total[f'ch{n:02d}_max']}" for n in CHAPTER_NUMBERS
+                             if f"ch{n:02d}" in total)
+        rest = [chapters] + ([f"to score: {total['written_to_score']}"] if total["written_to_score"] else []) \
+            + ([f"{total['errors']} not graded (ERROR)"] if total["errors"] else []) \
+            + ([total["notes"]] if total["notes"] else [])
+        wrapped = textwrap.wrap("; ".join(r for r in rest if r), 90, break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines.append(f"{_short(total['student'], 16):<16} {total['points']:>4}/{total['max_points']:<4}  {wrapped[0]}")
+        lines += [" " * 28 + more for more in wrapped[1:]]
     return "\n".join(lines).rstrip()
 
 
@@ -358,7 +398,9 @@ def build_parser() -> CommandLine:
     parser.add_argument("paths", nargs="+", metavar="NOTEBOOK_OR_FOLDER",
                         help="submitted notebooks, or folders holding them (searched recursively)")
     parser.add_argument("--csv", metavar="OUT", help="also write the rows to this CSV file")
-    parser.add_argument("--overwrite", action="store_true", help="replace the --csv file if it exists")
+    parser.add_argument("--summary", metavar="OUT", help="write one row per student (points per chapter, written "
+                        "answers to score) to this CSV (default with --csv: OUT_summary.csv next to it)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the --csv / --summary files if they exist")
     parser.add_argument("--student", choices=("folder", "file"), default="folder",
                         help="name students by the folder a notebook is in, or by its file name")
     parser.add_argument("--timeout", type=float, default=600.0,
@@ -380,6 +422,12 @@ def main(argv: list[str]) -> int:
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: must be at least 1")
         csv_path = check_csv(args.csv, args.overwrite)
+        summary_arg = args.summary
+        if summary_arg is None and csv_path is not None:
+            summary_arg = str(csv_path.with_name(csv_path.stem + "_summary.csv"))
+        summary_path = check_csv(summary_arg, args.overwrite)
+        if summary_path is not None and csv_path is not None and summary_path.resolve() == csv_path.resolve():
+            raise UsageError("--summary and --csv name the same file; choose two")
         submissions = collect(args.paths, args.student)
     except UsageError as err:
         parser.error(str(err))
@@ -395,9 +443,12 @@ def main(argv: list[str]) -> int:
     # threads are enough: each notebook runs in its own kernel process; the grader only waits on them
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         graded = list(pool.map(grade_one, submissions))
-    rows = rows_of(graded)
-    print(table(rows))
+    rows, summary = rows_of(graded)
+    print(table(rows, summary, csv_path))
     if csv_path is not None:
         write_csv(rows, csv_path)
         print(f"\nwrote {len(rows)} rows to {csv_path}")
+    if summary_path is not None:
+        write_csv(summary, summary_path, summary_columns(summary))
+        print(f"wrote {len(summary)} student rows to {summary_path}")
     return 0

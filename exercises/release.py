@@ -52,7 +52,8 @@ def release_readme(text: str) -> str:
     """The README of the student copy: the release note first, and no pointer to the solutions, which the copy
     does not have (a sentence that names them is dropped; "(+ solutions/)" in the layout list goes)."""
     text = re.sub(r"[ \t]*\(\+ solutions/\)", "", text)
-    sentences = r"(?<![^\s])[^.\n]*(?:\n(?!\n)[^.\n]*)*?(?:notebooks/solutions|[Ss]olutions notebook)[^.\n]*\.(?=\s|$)[ \t]*"
+    sentences = (r"(?<![^\s])[^.\n]*(?:\n(?!\n)[^.\n]*)*?(?:notebooks/solutions|[Ss]olutions notebook)"
+                 r"[^.\n]*\.(?=\s|$)[ \t]*")
     text = re.sub(sentences, "", text)
     text = re.sub(r"\n{3,}", "\n\n", text)
     return README_NOTE + text

@@ -25,8 +25,12 @@ def write_notebook(path, *sources, chapter=1):
 
 
 def read_rows(path):
+    """The grade CSV by (student, exercise), with the summary (next to it) as (student, 'total')."""
     with open(path, newline="", encoding="utf-8") as handle:
-        return {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
+        rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
+    with open(path.with_name(path.stem + "_summary.csv"), newline="", encoding="utf-8") as handle:
+        rows.update({(r["student"], "total"): r for r in csv.DictReader(handle)})
+    return rows
 
 
 def test_crash_hang_endless_check_and_dead_kernel_are_all_graded(tmp_path, capsys):
@@ -56,24 +60,46 @@ def test_crash_hang_endless_check_and_dead_kernel_are_all_graded(tmp_path, capsy
     assert rows["crash", "1.2"]["status"] == "FAIL"
     assert "linear_attention_step is not defined" in rows["crash", "1.2"]["hint"]
     assert rows["crash", "1.3"]["status"] == "FAIL" and "did not finish within 8 s" in rows["crash", "1.3"]["hint"]
-    assert rows["crash", "1.4"]["status"] == "ANSWERED"                      # graded after the interrupted check
+    assert rows["crash", "1.4"]["status"] == "PASS"                          # graded after the interrupted check
+    assert rows["crash", "1.4"]["for_teacher"] and rows["crash", "total"]["written_to_score"] == "1.4 (2 points)"
     assert rows["crash", "1.4"]["answer"].startswith("GQA lets groups")
-    assert "RuntimeError: boom" in rows["crash", "total"]["hint"]
+    assert "RuntimeError: boom" in rows["crash", "total"]["notes"]
     assert rows["crash", "total"]["points"] == "2" and rows["crash", "total"]["max_points"] == "10"
 
     assert rows["hang", "1.1"]["status"] == "PASS"
-    assert "still running after 20 s" in rows["hang", "total"]["hint"]
+    assert "still running after 20 s" in rows["hang", "total"]["notes"]
     assert rows["hang", "1.3"]["status"] == "FAIL" and "gqa_decode_step is not defined" in rows["hang", "1.3"]["hint"]
 
-    assert all(rows["dead", e]["status"] == "FAIL" and "kernel died" in rows["dead", e]["hint"]
+    assert all(rows["dead", e]["status"] == "ERROR" and "kernel died" in rows["dead", e]["hint"]
                for e in ("1.1", "1.2", "1.3", "1.4"))
-    assert all(rows["junk", e]["status"] == "FAIL" and "not a readable notebook" in rows["junk", e]["hint"]
+    assert all(rows["junk", e]["status"] == "ERROR" and "not a readable notebook" in rows["junk", e]["hint"]
                for e in ("1.1", "1.4"))
+    assert rows["junk", "total"]["errors"] == "4"
     assert rows["junk", "total"]["points"] == "0"
 
     assert elapsed < 120, f"the grader took {elapsed:.0f} s"                 # the hang was cut at 20 s
-    for student in ("crash", "hang", "dead", "junk"):                         # the printed table has every student
-        assert f"\n{student:<16} total" in "\n" + printed
+    for student in ("crash", "hang", "dead", "junk"):                         # the printed summary has every student
+        assert any(line.startswith(f"{student:<16} ") and "ch1 " in line for line in printed.splitlines())
+    with open(out, newline="", encoding="utf-8") as handle:                    # the status column's vocabulary
+        assert {r["status"] for r in csv.DictReader(handle)} <= {"PASS", "FAIL", "NOT ATTEMPTED", "ERROR"}
+
+
+def test_console_shows_hints_in_full_and_says_where_answers_are(tmp_path, capsys):
+    long_answer = 'answer_1_4 = "' + "GQA shares keys and values between groups of query heads. " * 4 + '"'
+    write_notebook(tmp_path / "subs" / "eve" / "01_attention_and_kv_cache.ipynb", "import torch",
+                   "def my_causal_mask(T, S):\n    return torch.zeros(T, S, dtype=torch.bool)", long_answer)
+    out = tmp_path / "g.csv"
+    assert main([str(tmp_path / "subs"), "--csv", str(out), "--summary", str(tmp_path / "s.csv")]) == 0
+    printed = capsys.readouterr().out
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = {r["exercise"]: r for r in csv.DictReader(handle)}
+    hint = rows["1.1"]["hint"]
+    assert rows["1.1"]["status"] == "FAIL" and len(hint) > 70
+    assert " ".join(hint.split()) in " ".join(printed.split())                # the whole hint, wrapped
+    assert f"column 'answer' of {out}" in " ".join(printed.split())           # where the whole answer is
+    with open(tmp_path / "s.csv", newline="", encoding="utf-8") as handle:
+        summary = list(csv.DictReader(handle))
+    assert len(summary) == 1 and summary[0]["student"] == "eve" and summary[0]["ch01_max"] == "10"
 
 
 def test_students_are_named_by_file_with_student_file(tmp_path):

@@ -158,16 +158,21 @@ def test_graded_from_the_release_full_zero_and_delegating(release, tmp_path):
     assert done.returncode == 0, done.stderr
     with open(grades, newline="", encoding="utf-8") as handle:
         rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(handle)}
+    with open(tmp_path / "grades_summary.csv", newline="", encoding="utf-8") as handle:
+        totals = {r["student"]: r for r in csv.DictReader(handle)}
 
-    assert [rows["ada", e]["status"] for e in ("2.1", "2.2", "2.3", "2.4")] == ["PASS", "PASS", "PASS", "ANSWERED"]
-    assert (rows["ada", "total"]["points"], rows["ada", "total"]["max_points"]) == ("10", "10")
+    assert [rows["ada", e]["status"] for e in ("2.1", "2.2", "2.3", "2.4")] == ["PASS", "PASS", "PASS", "PASS"]
+    assert rows["ada", "2.4"]["for_teacher"].startswith("score this written answer")
+    assert (totals["ada"]["points"], totals["ada"]["max_points"]) == ("10", "10")
+    assert (totals["ada"]["ch02"], totals["ada"]["ch02_max"]) == ("10", "10")
+    assert "2.4" in totals["ada"]["written_to_score"]
     assert rows["ada", "2.4"]["answer"].startswith("RoPE rotates a key")       # the written answer, for the teacher
 
     assert all(rows["bo", e]["status"] == "NOT ATTEMPTED" for e in ("2.1", "2.2", "2.3", "2.4"))
-    assert rows["bo", "total"]["points"] == "0"
+    assert totals["bo"]["points"] == "0" and totals["bo"]["written_to_score"] == ""
 
     assert rows["cy", "2.1"]["status"] == "FAIL" and rows["cy", "2.1"]["points"] == "0"
     assert "MultiHeadLatentAttention.forward" in rows["cy", "2.1"]["hint"]
     assert [rows["cy", e]["status"] for e in ("2.2", "2.3")] == ["PASS", "PASS"]
-    assert rows["cy", "total"]["points"] == "7"
-    assert "ada" in done.stdout and "total" in done.stdout                    # the printed table
+    assert totals["cy"]["points"] == "7"
+    assert "ada" in done.stdout and "grades_summary.csv" in done.stdout       # the printed table and summary
