@@ -1,0 +1,91 @@
+"""Issue 24: hostile input, real faults. Each class of failure the independent sweep found, closed where the
+input enters, tested here (the grader's part is in test_grading.py); scripts/bad_input_sweep.py runs the same
+classes through the real command lines."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import typing
+
+import pytest
+
+import inference
+import train
+from components.config import ModelConfig
+from components.generation import SamplingConfig
+from training.config import TrainConfig
+
+NOT_NUMBERS = [math.nan, math.inf, -math.inf, "3e-3", None, True]
+
+
+def numeric_fields(cls):
+    """(name, annotation) of every int or float field, optional or not."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kinds = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        if kinds & {int, float}:
+            yield f.name, type(None) in kinds
+
+
+def field_cases():
+    for cls in (ModelConfig, TrainConfig, SamplingConfig):
+        for name, optional in numeric_fields(cls):
+            for bad in NOT_NUMBERS:
+                if not (bad is None and (optional or name == "stop_tokens")):     # None: no stop tokens
+                    yield pytest.param(cls, name, bad, id=f"{cls.__name__}.{name}={bad!r}")
+
+
+@pytest.mark.parametrize(("cls", "name", "bad"), list(field_cases()))
+def test_every_numeric_config_field_refuses_non_finite_and_non_numbers(cls, name, bad):
+    """NaN, infinity, a string (what a hostile checkpoint or record holds), None and a bool: a one-line
+    ValueError that names the field, from the class's own validation -- never a TypeError or OverflowError
+    later, never accepted."""
+    base = cls(max_steps=10) if cls is TrainConfig else cls()
+    with pytest.raises(ValueError) as info:
+        dataclasses.replace(base, **{name: bad})
+    message = str(info.value)
+    assert "\n" not in message and name in message.split(":")[0], message
+
+
+@pytest.mark.parametrize(("cls", "values", "phrase"), [
+    (ModelConfig, {"rope_theta": -10000.0}, "finite number > 0"),
+    (ModelConfig, {"norm_eps": -1.0}, "finite number > 0"),
+    (ModelConfig, {"bias_update_rate": 5.0}, "must be <= 1"),
+    (ModelConfig, {"capacity_factor": 1e300}, "must be <= n_routed_experts"),
+    (TrainConfig, {"seed": 2**70}, "2**63"),
+    (TrainConfig, {"epochs": 1e300}, "at most 1e6"),
+    (TrainConfig, {"betas": (0.9, math.nan)}, "two numbers in [0, 1)"),
+    (SamplingConfig, {"temperature": 1e-320}, "0 (greedy) or a number in [0.001, 1000]"),
+    (SamplingConfig, {"presence_penalty": 1e308}, "[-100, 100]"),
+    (SamplingConfig, {"repetition_penalty": 1e-300}, "[0.01, 100]"),
+    (SamplingConfig, {"seed": 2**70}, "2**63"),
+])
+def test_out_of_range_numbers_are_refused_with_the_range(cls, values, phrase):
+    base = cls(max_steps=10) if cls is TrainConfig else cls()
+    with pytest.raises(ValueError, match=re.escape(phrase)):
+        dataclasses.replace(base, **values)
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "inf"], ["--time-budget", "inf"], ["--set", "capacity_factor=inf"],
+                                  ["--set", "bias_update_rate=inf"], ["--set", "rope_theta=nan"],
+                                  ["--set", "weight_decay=inf"], ["--seed", str(2**70)]])
+def test_train_refuses_non_finite_numbers_before_any_work(argv, capsys, monkeypatch):
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    assert train.main(["--preset", "tiny", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: "), err
+    assert "non-finite loss" not in err[0] and "Overflow" not in err[0]
+
+
+@pytest.mark.parametrize(("argv", "phrase"), [
+    (["--temperature", "1e-320"], "temperature"), (["--presence_penalty", "1e308"], "presence_penalty"),
+    (["--beams", "100000"], "beams"), (["--num_samples", "1000000"], "num_samples"),
+    (["--max_new_tokens", "1000000000"], "max_new_tokens"), (["--length_penalty", "nan"], "length_penalty")])
+def test_inference_refuses_settings_that_break_sampling_or_memory(argv, phrase, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        inference.main([*argv, "--model_path", "never/loaded.pt"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("inference.py: error: ") and phrase in err[0], err
