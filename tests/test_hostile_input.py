@@ -5,17 +5,23 @@ classes through the real command lines."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
+import shutil
 import typing
 
 import pytest
+from safetensors.torch import load_file
+from test_hugging_face_format import BASE, random_model, save
 
 import inference
 import train
 from components.config import ModelConfig
 from components.generation import SamplingConfig
+from hugging_face.__main__ import main as hf_main
 from training.config import TrainConfig
+from training.run_lock import FolderLocked, RunLock
 
 NOT_NUMBERS = [math.nan, math.inf, -math.inf, "3e-3", None, True]
 
@@ -89,3 +95,89 @@ def test_inference_refuses_settings_that_break_sampling_or_memory(argv, phrase, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("inference.py: error: ") and phrase in err[0], err
+
+
+# --- hostile Hugging Face directories: every field read from a file is checked before use ----------------------
+
+@pytest.fixture(scope="module")
+def hf_export(tmp_path_factory):
+
+    tmp = tmp_path_factory.mktemp("hf")
+    out = tmp / "hf"
+    assert hf_main(["to-hf", str(save(random_model(BASE), tmp / "ours.pt")), str(out)]) == 0
+    return out
+
+
+def _config(path, **changes):
+    config = json.loads((path / "config.json").read_text())
+    for key, value in changes.items():
+        if value is DELETE:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (path / "config.json").write_text(json.dumps(config))
+
+
+DELETE = object()
+OUTSIDE = "../../elsewhere/x.safetensors"
+
+
+def _shard_index(path, target):
+    names = load_file(path / "model.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: target for k in names}}))
+
+
+HF_CASES = {
+    "config is a list": (lambda p: (p / "config.json").write_text("[1, 2]"), "not an object of fields"),
+    "config is not JSON": (lambda p: (p / "config.json").write_text("{oops"), "is not JSON"),
+    "rope_parameters a string": (lambda p: _config(p, rope_parameters="yarn"), "must be an object"),
+    "no num_attention_heads": (lambda p: _config(p, num_attention_heads=DELETE), "has no num_attention_heads"),
+    "hidden_size a string": (lambda p: _config(p, hidden_size="64"), "hidden_size='64': must be an integer"),
+    "rms_norm_eps NaN": (lambda p: _config(p, rms_norm_eps=math.nan), "must be a finite number"),
+    "tokenizer a string": (lambda p: _config(p, deepseek_from_scratch={"tokenizer": "gpt2"}),
+                           "tokenizer must be an object"),
+    "index not JSON": (lambda p: (p / "model.safetensors.index.json").write_text("not json"), "is not JSON"),
+    "index without weight_map": (lambda p: (p / "model.safetensors.index.json").write_text("{}"), "no weight_map"),
+    "shard outside the folder": (lambda p: _shard_index(p, OUTSIDE), "outside the model directory"),
+    "shard by absolute path": (lambda p: _shard_index(p, str((p / "model.safetensors").resolve())),
+                               "outside the model directory"),
+    "corrupt safetensors": (lambda p: (p / "model.safetensors").write_bytes(b"\x10\x00" + b"garbage" * 10),
+                            "not a readable weights file"),
+}
+
+
+@pytest.mark.parametrize("case", list(HF_CASES))
+def test_a_hostile_hf_directory_is_one_line_and_loads_nothing_from_elsewhere(case, hf_export, tmp_path, capsys):
+
+    hf = tmp_path / "a" / "b" / "hf"
+    shutil.copytree(hf_export, hf)
+    # a valid weights file outside the model folder, where the traversal case points: it must not be read
+    (tmp_path / "a" / "elsewhere").mkdir()
+    shutil.copy(hf_export / "model.safetensors", tmp_path / "a" / "elsewhere" / "x.safetensors")
+    break_it, phrase = HF_CASES[case]
+    break_it(hf)
+    code = hf_main(["from-hf", str(hf), str(tmp_path / "out.pt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and phrase in err[0], err
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_from_hf_context_length_0_is_refused_not_the_default(hf_export, tmp_path, capsys):
+
+    assert hf_main(["from-hf", str(hf_export), str(tmp_path / "out.pt"), "--context-length", "0"]) == 2
+    assert "context_length=0" in capsys.readouterr().err
+
+
+# --- symlinks: no writer follows a link it did not create -----------------------------------------------------
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RunLock(run)
+    lock.path.symlink_to(victim)
+    with pytest.raises(FolderLocked, match="symbolic link"):
+        lock.acquire()
+    assert victim.read_text() == "keep me" and lock.path.is_symlink()
