@@ -5,13 +5,17 @@ classes through the real command lines."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
 import typing
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from test_hugging_face_format import BASE, random_model, save
 
@@ -20,6 +24,7 @@ import train
 from components.config import ModelConfig
 from components.generation import SamplingConfig
 from hugging_face.__main__ import main as hf_main
+from training.checkpoint import atomic_save
 from training.config import TrainConfig
 from training.run_lock import FolderLocked, RunLock
 
@@ -181,3 +186,34 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_p
     with pytest.raises(FolderLocked, match="symbolic link"):
         lock.acquire()
     assert victim.read_text() == "keep me" and lock.path.is_symlink()
+
+
+# --- a real full disk ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 2 MB tmpfs (root only); skipped, with the reason, where the machine does not allow mounting."""
+    point = tmp_path / "small_disk"
+    point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real small filesystem needs root (mount -t tmpfs); the sweep's patched case covers the rest")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not allowed here ({done.stderr.decode().strip()[:100]})")
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_a_real_full_disk_is_an_oserror_and_the_old_checkpoint_stays(tiny_tmpfs):
+    """torch.save on a full filesystem raises RuntimeError('... unexpected pos ...'); atomic_save turns it into
+    OSError(ENOSPC), which train.py reports in one line, and the checkpoint that was there is unchanged."""
+    target = tiny_tmpfs / "latest.pt"
+    atomic_save({"w": torch.zeros(10)}, target)
+    before = target.read_bytes()
+    with pytest.raises(OSError) as info:
+        atomic_save({"w": torch.zeros(1_000_000)}, target)          # 4 MB on a 2 MB disk
+    assert info.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before
+    assert [p.name for p in tiny_tmpfs.iterdir()] == ["latest.pt"]      # no temporary file left behind
