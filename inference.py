@@ -67,6 +67,9 @@ def unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
+MAX_NEW_TOKENS, MAX_BEAMS, MAX_SAMPLES = 100_000, 64, 1_000
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """The settings of a run besides SamplingConfig's knobs, validated the same way (one-line ValueError)."""
@@ -77,11 +80,16 @@ class RunSettings:
     num_samples: int = knob(1, "completions per prompt (sample i uses seed + i)")
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "beams", "num_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r}: must be an integer >= 1")
-        if not math.isfinite(self.length_penalty):
-            raise ValueError(f"length_penalty={self.length_penalty!r}: must be a finite number")
+        # upper bounds: what one run may ask for before it allocates (100,000 beams each hold a cache and a
+        # row of logits over the whole vocabulary: gigabytes before the first token)
+        for name, most in (("max_new_tokens", MAX_NEW_TOKENS), ("beams", MAX_BEAMS), ("num_samples", MAX_SAMPLES)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most):
+                raise ValueError(f"{name}={value!r}: must be an integer in [1, {most:,}]")
+        if not (isinstance(self.length_penalty, (int, float)) and math.isfinite(self.length_penalty)
+                and abs(self.length_penalty) <= 10):
+            raise ValueError(f"length_penalty={self.length_penalty!r}: must be a number in [-10, 10] (1 = the mean "
+                             "log-probability per new token)")
 
 
 # The flags, the ':name value' commands and :help all come from the fields of these two dataclasses.

@@ -103,14 +103,16 @@ class ModelConfig(Settings):
             bad("top_k", "exceeds the experts left after group-limited routing; raise topk_groups")
         if self.n_dense_layers > self.n_layers:
             bad("n_dense_layers", f"must be <= n_layers={self.n_layers}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            bad("capacity_factor", "must be None (dropless) or > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            bad("dropout", "must be in [0, 1)")
-        check(self, ">= 0", "router_noise_std", "bias_update_rate", "expert_balance_coef", "seq_balance_coef",
-              "z_loss_coef", "kl_balance_coef", "mtp_loss_weight")
-        if self.route_scale <= 0:
-            bad("route_scale", "must be > 0")
+        check(self, "None or a finite number > 0", "capacity_factor")     # None: dropless
+        check(self, "a number in [0, 1)", "dropout")
+        check(self, "a finite number >= 0", "router_noise_std", "bias_update_rate", "expert_balance_coef",
+              "seq_balance_coef", "z_loss_coef", "kl_balance_coef", "mtp_loss_weight", "init_std")
+        check(self, "a finite number > 0", "route_scale", "norm_eps", "rope_theta")
+        if self.bias_update_rate > 1:          # the bias moves by gamma per step on sigmoid scores in (0, 1)
+            bad("bias_update_rate", "must be <= 1 (DeepSeek-V3 uses 0.001): a larger step swamps the scores")
+        if self.capacity_factor is not None and self.capacity_factor > self.n_routed_experts:
+            bad("capacity_factor", f"must be <= n_routed_experts={self.n_routed_experts} (from E/K on every "
+                                   "expert can already take every token: use None for dropless)")
         if self.uses_aux_loss and self.ffn == "moe" and not any(self.balance_coefs.values()):
             bad("balancing", "'aux_loss'/'both' needs a balance coefficient > 0 (e.g. expert_balance_coef=0.01)")
         if not self.uses_aux_loss and self.ffn == "moe":

@@ -58,6 +58,10 @@ def knob(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+MAX_PENALTY = 100.0
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Every knob of one sampling run, validated once at construction (each field's help says what it does)."""
@@ -85,24 +89,31 @@ class SamplingConfig:
         def is_number(value) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
-        if not (is_number(self.temperature) and self.temperature >= 0):
-            bad("temperature", "must be a finite number >= 0 (0 = greedy)")
-        if self.temperature_end is not None and not (is_number(self.temperature_end) and self.temperature_end >= 0):
-            bad("temperature_end", "must be None or a finite number >= 0")
+        # Bounds that keep every processed logit finite in float32 (logits are O(10)): dividing by a temperature
+        # of 1e-320 or by a repetition penalty of 1e-300, or subtracting a penalty of 1e308, gives inf and then
+        # NaN probabilities; no useful setting lies beyond them.
+        def is_temperature(value) -> bool:
+            return is_number(value) and (value == 0 or MIN_TEMPERATURE <= value <= MAX_TEMPERATURE)
+
+        if not is_temperature(self.temperature):
+            bad("temperature", f"must be 0 (greedy) or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
+        if self.temperature_end is not None and not is_temperature(self.temperature_end):
+            bad("temperature_end", f"must be None, 0 or a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]")
         if self.top_k is not None and not (is_int(self.top_k) and self.top_k >= 1):
             bad("top_k", "must be None or an integer >= 1")
         if self.top_p is not None and not (is_number(self.top_p) and 0 < self.top_p <= 1):
             bad("top_p", "must be None or a number in (0, 1]")
-        if not (is_number(self.repetition_penalty) and self.repetition_penalty > 0):
-            bad("repetition_penalty", "must be a finite number > 0 (1 = off)")
+        if not (is_number(self.repetition_penalty) and 1 / MAX_PENALTY <= self.repetition_penalty <= MAX_PENALTY):
+            bad("repetition_penalty", f"must be a number in [{1 / MAX_PENALTY:g}, {MAX_PENALTY:g}] (1 = off)")
         for name in ("presence_penalty", "frequency_penalty"):
-            if not is_number(getattr(self, name)):
-                bad(name, "must be a finite number (0 = off; OpenAI uses -2..2)")
+            if not (is_number(getattr(self, name)) and abs(getattr(self, name)) <= MAX_PENALTY):
+                bad(name, f"must be a number in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}] (0 = off; OpenAI uses -2..2)")
         if not (is_int(self.no_repeat_ngram_size) and self.no_repeat_ngram_size >= 0):
             bad("no_repeat_ngram_size", "must be an integer >= 0 (0 = off)")
-        if self.seed is not None and not (is_int(self.seed) and self.seed >= 0):
-            bad("seed", "must be None or an integer >= 0")
-        stops = (self.stop_tokens,) if is_int(self.stop_tokens) else tuple(self.stop_tokens or ())
+        if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed < 2**63):
+            bad("seed", "must be None or an integer in [0, 2**63)")     # what torch.Generator.manual_seed takes
+        stops = self.stop_tokens if self.stop_tokens is not None else ()
+        stops = (stops,) if not isinstance(stops, (tuple, list)) else tuple(stops)    # one id, a list or None
         if not all(is_int(t) and t >= 0 for t in stops):
             bad("stop_tokens", "must be a token id >= 0 or a sequence of them")
         object.__setattr__(self, "stop_tokens", stops)   # accept one id, a list or None; store a tuple (hashable)

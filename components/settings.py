@@ -3,7 +3,7 @@ through plain dicts (checkpoints and JSON records) and the checks of their field
 
 SamplingConfig (components/generation.py) is never saved and checks its own fields: its messages are
 what inference.py prints for a bad flag ("top_p=1.5: must be None or a number in (0, 1]"), and
-they also rule out NaN and infinity, which the rules below do not all do.
+they too rule out NaN and infinity.
 
     @dataclass(frozen=True)
     class MyConfig(Settings):
@@ -14,6 +14,7 @@ they also rule out NaN and infinity, which the rules below do not all do.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 
 
@@ -21,14 +22,24 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# what a field must be -> the test; the key is also the error message ("must be <key>")
+def _is_number(value) -> bool:
+    """A finite real number (an int or a float, not a bool): NaN, infinity and a string read from a file
+    fail here, before they reach a comparison that would let NaN through or raise TypeError."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# what a field must be -> the test; the key is also the error message ("must be <key>"). Every numeric field
+# of the saved config classes is checked here, for type, finiteness and range.
 RULES = {
     "a positive integer": lambda v: _is_int(v) and v > 0,
     "an integer >= 0": lambda v: _is_int(v) and v >= 0,
     "None or a positive integer": lambda v: v is None or (_is_int(v) and v > 0),
-    ">= 0": lambda v: v >= 0,                       # NaN fails every comparison, so it fails here too
-    "> 0": lambda v: v > 0,
-    "None or > 0": lambda v: v is None or v > 0,
+    "an integer in [0, 2**63)": lambda v: _is_int(v) and 0 <= v < 2**63,      # what torch.manual_seed takes
+    "a finite number >= 0": lambda v: _is_number(v) and v >= 0,
+    "a finite number > 0": lambda v: _is_number(v) and v > 0,
+    "None or a finite number > 0": lambda v: v is None or (_is_number(v) and v > 0),
+    "a number in [0, 1)": lambda v: _is_number(v) and 0 <= v < 1,
+    "a number in [0, 1]": lambda v: _is_number(v) and 0 <= v <= 1,
 }
 
 

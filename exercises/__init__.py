@@ -21,6 +21,9 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
+from exercises import exchange
 from exercises.guard import Delegated, forbidding
 
 PASS, FAIL, NOT_ATTEMPTED, ANSWERED = "PASS", "FAIL", "NOT ATTEMPTED", "ANSWERED"
@@ -108,15 +111,17 @@ def _check_written(exercise: Exercise, answer) -> Result:
     return Result(exercise.id, ANSWERED, 0, exercise.points, answer.strip(), True)
 
 
-def run_check(exercise: Exercise, answer) -> Result:
-    """The verdict on one answer; never raises for a mistake in the answer."""
+def run_check(exercise: Exercise, answer, guard: bool = True) -> Result:
+    """The verdict on one answer; never raises for a mistake in the answer. guard=False: `answer` switches
+    the forbidden functions off itself (the grader's proxy: the guard runs in the student's kernel, and
+    swapping library code in the grader would reach the checks of other notebooks graded meanwhile)."""
     if exercise.written:
         return _check_written(exercise, answer)
     if not callable(answer):
         return Result(exercise.id, FAIL, 0, exercise.points,
                       f"pass your function {exercise.name}, got {type(answer).__name__}")
     try:
-        student = forbidding(answer, exercise.forbidden, exercise.delegation_hint) if exercise.forbidden \
+        student = forbidding(answer, exercise.forbidden, exercise.delegation_hint) if exercise.forbidden and guard \
             else answer
         exercise.check(student)
         return Result(exercise.id, PASS, exercise.points, exercise.points)
@@ -195,18 +200,40 @@ def chapter_score(chapter: int) -> Score:
     return score
 
 
-def _report_for_grader(exercise_id: str, marker: str) -> None:
-    """Run by the grader (exercises/grade.py) in the submitted notebook's kernel, after the notebook ran:
-    check what the student last passed to check_exercise (or else the notebook's variable of the
-    exercise's name) and print the result as one JSON line after `marker`."""
+_MISSING = object()
+
+
+def _answer_of(exercise: Exercise):
+    """What the grader checks: the last answer passed to check_exercise, or else the notebook's variable of
+    the exercise's name; _MISSING if neither."""
     import __main__
 
+    return _SUBMITTED.get(exercise.id, vars(__main__).get(exercise.name, _MISSING))
+
+
+def _grader_call(exercise_id: str, args_path: str | None, reply_path: str) -> None:
+    """Run by the grader (exercises/grade.py) in the submitted notebook's kernel, after the notebook ran.
+    With args_path None: say what the answer is (missing, not callable, or a written answer's text).
+    Otherwise: call the student's function on the arguments the grader saved there (the hidden inputs),
+    with the forbidden library functions switched off, and write back what it returned or raised. The
+    verdict is computed by the grader from this reply, never here (exercises/exchange.py)."""
     exercise = find(exercise_id)
-    answer = _SUBMITTED.get(exercise_id, vars(__main__).get(exercise.name, _SUBMITTED))
-    if answer is _SUBMITTED:
-        result = Result(exercise_id, FAIL, 0, exercise.points,
-                        f"{exercise.name} is not defined: its cell did not run, or raised an error",
-                        exercise.written)
-    else:
-        result = run_check(exercise, answer)
-    print(marker + json.dumps(result.__dict__), flush=True)
+    answer = _answer_of(exercise)
+    if args_path is None:
+        if answer is _MISSING:
+            reply = {"missing": True}
+        else:
+            reply = {"callable": callable(answer), "type": type(answer).__name__,
+                     "value": exchange.portable(answer) if exercise.written else None}
+        exchange.write(reply, reply_path)
+        return
+    # unsafe on purpose: the grader's own pickle of the hidden inputs (modules, configs), read in the student's
+    # kernel only, which runs the student's code anyway
+    args, kwargs = torch.load(args_path, weights_only=False)  # unsafe on purpose
+    try:
+        student = forbidding(answer, exercise.forbidden, exercise.delegation_hint) if exercise.forbidden else answer
+        returned = student(*args, **kwargs)
+        reply = {"returned": exchange.portable(returned), **exchange.gradients(returned, args)}
+    except Exception as err:               # the student's exception, as data; an interrupt stops the call
+        reply = {"raised": exchange.describe_exception(err)}
+    exchange.write(reply, reply_path)

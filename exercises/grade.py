@@ -7,16 +7,22 @@ Who is who: a notebook belongs to the student named by the folder it sits in (su
 is alice), or with `--student file`, by its file name without .ipynb. Which chapter: the notebook's
 metadata (the chapter notebooks carry it), else its file name (`03_...`), else its check cells.
 
-Each notebook runs top to bottom in a fresh kernel, started in this project's notebooks/ folder with
-this project on PYTHONPATH (so the student's code meets the same library and checkers as here, and
-nothing from the submission folder is imported), with DEEPSEEK_SCRATCH_FAST=1 unless --full (the
-checks do not depend on the sizes; chapter 6 would train for 10 minutes otherwise). A cell that raises
-does not stop the run; the notebook as a whole gets --timeout seconds, after which the running cell is
-interrupted and the rest skipped. Then, in the same kernel, one grading cell per exercise checks the
-function the student last passed to check_exercise (or else the notebook's function of the exercise's
-name) with --check-timeout seconds each. So a notebook that crashes, hangs or was never run is still
-graded: what it defined counts, what it did not is a FAIL that says why. The grader runs the
-student's code: it is a grader, not a sandbox.
+Each notebook runs top to bottom in a fresh kernel, in a scratch copy of this project without the
+solutions (the student release's files), started in the copy's notebooks/ folder with the copy on
+PYTHONPATH (so the student's code meets the same library and checkers as here, and nothing from the
+submission folder is imported), with DEEPSEEK_SCRATCH_FAST=1 unless --full (the checks do not depend on
+the sizes; chapter 6 would train for 10 minutes otherwise). A cell that raises does not stop the run;
+the notebook as a whole gets --timeout seconds, after which the running cell is interrupted and the rest
+skipped. Then every exercise is checked HERE, in the grader's process: the check calls a proxy of the
+student's function, and each call runs the function in the kernel on the hidden inputs and brings back
+only its outputs, as data (exercises/exchange.py). So what a notebook patches in its kernel
+(exercises.run_check, torch.allclose) cannot change a verdict. The function checked is the one the
+student last passed to check_exercise (or else the notebook's function of the exercise's name); each
+check gets --check-timeout seconds. A notebook that crashes, hangs or was never run is still graded:
+what it defined counts, what it did not is a FAIL that says why. At the end every process the kernel
+started is killed (its process group, and every process carrying the run's id in its environment).
+The student's code still runs with the grader's permissions: it is a grader, not a sandbox
+(docs/teaching.md says what needs one).
 
 Rows (--csv OUT): one per student and exercise. `status` is one of PASS, FAIL, NOT ATTEMPTED or ERROR
 (ERROR: the grader could not grade it -- an unreadable notebook, an unknown chapter, a kernel that
@@ -29,24 +35,32 @@ limit that was hit). The console shows both, hints in full.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import json
 import math
 import os
 import re
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from common.cli import CommandLine, UsageError
-from exercises import ANSWERED, FAIL, NOT_ATTEMPTED, PASS, chapter_exercises
+from exercises import ANSWERED, FAIL, NOT_ATTEMPTED, PASS, _check_written, chapter_exercises, exchange, run_check
 from exercises.notebook import chapter_of
+from exercises.release import is_excluded, project_files
 
 ROOT = Path(__file__).resolve().parent.parent           # the project whose library and checkers grade
 COLUMNS = ("student", "chapter", "exercise", "kind", "status", "points", "max_points", "for_teacher", "hint", "answer",
@@ -149,14 +163,77 @@ def check_csv(out: str | None, overwrite: bool) -> Path | None:
 
 
 # --- running one notebook -----------------------------------------------------------------------
-def kernel_env(full: bool) -> dict[str, str]:
+GRADER_RUN_VAR = "DEEPSEEK_GRADER_RUN"                 # set in each kernel: finds what it started, to end it
+CHECK_LOCK = threading.Lock()                          # checks seed torch's global RNG: one at a time
+
+
+@functools.lru_cache(maxsize=1)
+def _scratch_files() -> tuple[str, ...]:
+    """The project files a submission's kernel gets: the student release's (no solutions, no answer
+    tests), without the chapter notebooks themselves (the submission is the notebook that runs)."""
+    return tuple(rel for rel in project_files() if not is_excluded(rel) and not rel.endswith(".ipynb"))
+
+
+def make_scratch() -> Path:
+    """A fresh copy of the project without the solutions, for one submission: its kernel imports the
+    library and the checkers from here and works in its notebooks/ folder, so nothing the notebook
+    reads or rewrites there is the grader's own (the grader's checks import from ROOT)."""
+    scratch = Path(tempfile.mkdtemp(prefix="grade-"))
+    for rel in _scratch_files():
+        target = scratch / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, target)
+    (scratch / "notebooks").mkdir(exist_ok=True)
+    return scratch
+
+
+def kernel_env(full: bool, scratch: Path | None = None, run_id: str = "") -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    root = str(scratch if scratch is not None else ROOT)
+    # this project (or its scratch copy) first; no entry that leads back into the grader's own project
+    others = [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+              if p and not (Path(p).resolve() == ROOT or ROOT in Path(p).resolve().parents)]
+    env["PYTHONPATH"] = os.pathsep.join([root] + others)
+    env.pop("OLDPWD", None)
+    if scratch is not None:
+        env["PWD"] = str(scratch / "notebooks")
     if not full:
         env["DEEPSEEK_SCRATCH_FAST"] = "1"
     env.setdefault("MPLBACKEND", "Agg")                # plots need no display
     env["PYTHONWARNINGS"] = env.get("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    if run_id:
+        env[GRADER_RUN_VAR] = run_id
     return env
+
+
+def _processes_of_run(run_id: str) -> list[int]:
+    """This user's processes whose environment carries the run's id: the kernel and everything it started,
+    also in a new session (a `setsid sleep` is no longer in the kernel's process group). Linux /proc only."""
+    needle = f"{GRADER_RUN_VAR}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except (OSError, ValueError):                  # gone, or not ours
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def end_processes(pgid: int | None, run_id: str) -> None:
+    """Kill the kernel's process group and every process that carries the run's id (a few rounds: one may
+    fork while the others die)."""
+    if pgid:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+    for _ in range(5):
+        pids = _processes_of_run(run_id)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _first_error(cell) -> str | None:
@@ -189,20 +266,95 @@ def _responds(client) -> bool:
     """After a time limit: does the kernel answer again (did the interrupt stop the cell)?"""
     import nbformat
 
-    return _execute_extra(client, nbformat.v4.new_code_cell("pass"), 30)
+    try:
+        return _execute_extra(client, nbformat.v4.new_code_cell("pass"), 30)
+    except Exception:                                  # the kernel died meanwhile
+        return False
 
 
-def _result_of(cell, marker: str) -> dict | None:
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream":
-            for line in out.get("text", "").splitlines():
-                if line.startswith(marker):
-                    return json.loads(line[len(marker):])
-    return None
+class CheckStopped(BaseException):
+    """The kernel did not answer a call within the check's time, died, or wrote no reply. A BaseException:
+    run_check turns the student's exceptions (Exception) into a FAIL, and this one is not the student's
+    function raising, so it has to get past it."""
+
+    def __init__(self, status: str, detail: str, responsive: bool = True):
+        super().__init__(detail)
+        self.status, self.detail, self.responsive = status, detail, responsive
+
+
+class KernelAnswer:
+    """The student's function as the grader's checks see it: each call saves the arguments, runs the
+    function on them in the student's kernel (exercises._grader_call, the guard on) and returns what it
+    returned or raises what it raised, rebuilt from data (exercises/exchange.py). The check itself, and
+    so the verdict, runs here, in the grader."""
+
+    def __init__(self, client, exercise, folder: Path, seconds: float):
+        self.client, self.exercise, self.folder = client, exercise, folder
+        self.seconds, self.deadline = seconds, time.monotonic() + seconds
+
+    def _ask(self, args_path: Path | None):
+        import nbformat
+
+        reply_path = self.folder / f"reply-{secrets.token_hex(8)}.pt"
+        cell = nbformat.v4.new_code_cell(
+            f"import exercises as _exercises\n_exercises._grader_call({self.exercise.id!r}, "
+            f"{None if args_path is None else str(args_path)!r}, {str(reply_path)!r})")
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0 or not _execute_extra(self.client, cell, left):
+                raise CheckStopped(FAIL, f"the check did not finish within {self.seconds:g} s (an endless loop?)",
+                                   responsive=_responds(self.client))
+        except CheckStopped:
+            raise
+        except Exception as err:                       # DeadKernelError, or nbclient lost the kernel
+            raise CheckStopped(ERROR, f"not graded: the notebook's kernel died during the check ({type(err).__name__}"
+                                      "; os._exit, a crash, or out of memory)", responsive=False) from None
+        reply = exchange.read(reply_path)
+        if reply is None or not isinstance(reply, dict):
+            why = _first_error(cell) or "no reply"
+            raise CheckStopped(ERROR, f"could not be checked (the kernel gave no answer: {why})")
+        return reply
+
+    def describe(self) -> dict:
+        return self._ask(None)
+
+    def __call__(self, *args, **kwargs):
+        args_path = self.folder / f"args-{secrets.token_hex(8)}.pt"
+        # O_EXCL | O_NOFOLLOW: a name planted by the notebook (a link to a file of the grader's) is refused
+        fd = os.open(args_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            torch.save((args, kwargs), handle)
+        reply = self._ask(args_path)
+        try:
+            return exchange.outcome(reply, args)
+        except LookupError as err:
+            raise CheckStopped(ERROR, f"could not be checked ({err})") from None
+
+
+def check_in_grader(client, ex, folder: Path, seconds: float) -> tuple[dict, bool]:
+    """One exercise's verdict, computed here from what the kernel returns: (result, kernel responsive)."""
+    def result(status, detail, points=0):
+        return {"exercise": ex.id, "status": status, "points": points, "max_points": ex.points, "detail": detail,
+                "written": ex.written}
+
+    try:
+        info = KernelAnswer(client, ex, folder, seconds).describe()
+        if info.get("missing"):
+            return result(FAIL, f"{ex.name} is not defined: its cell did not run, or raised an error"), True
+        if ex.written:
+            return dict(_check_written(ex, info.get("value")).__dict__), True
+        if not info.get("callable"):
+            return result(FAIL, f"pass your function {ex.name}, got {str(info.get('type'))[:80]}"), True
+        with CHECK_LOCK:
+            answer = KernelAnswer(client, ex, folder, seconds)     # the time runs from here, not from the queue
+            return dict(run_check(ex, answer, guard=False).__dict__), True
+    except CheckStopped as stop:
+        return result(stop.status, stop.detail), stop.responsive
 
 
 def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: bool) -> Graded:
-    """Run the notebook in a fresh kernel and check every exercise of its chapter (never raises)."""
+    """Run the notebook in a fresh kernel, in a scratch copy of the project without the solutions, and
+    check every exercise of its chapter from here (never raises). Ends every process the kernel started."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
@@ -220,11 +372,15 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
         fail_rest(f"not graded: {sub.problem}")
         graded.notes.append(sub.problem)
         return graded
+    scratch = make_scratch()
+    run_id = secrets.token_hex(12)
+    folder = scratch / ".grader"                      # the exchange: hidden inputs in, the student's outputs out
+    folder.mkdir()
     nb = nbformat.from_dict(json.loads(json.dumps(sub.nb)))           # a copy: outputs go here, not to the file
     client = NotebookClient(nb, kernel_name="python3", allow_errors=True, record_timing=False,
                             shutdown_kernel="immediate", interrupt_on_timeout=True, iopub_timeout=10,
                             error_on_timeout={"ename": TIMED_OUT, "evalue": "time limit", "traceback": []},
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}})
+                            resources={"metadata": {"path": str(scratch / "notebooks")}})
     client.last_reply = {}
 
     def remember(cell, cell_index, execute_reply):
@@ -232,9 +388,11 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
 
     client.on_cell_executed = remember
     stage = "starting its kernel"
+    pgid = None
     try:
         # the kernel's own stderr is its start-up chatter; what the notebook prints arrives as cell output
-        with client.setup_kernel(env=kernel_env(full), stderr=subprocess.DEVNULL):
+        with client.setup_kernel(env=kernel_env(full, scratch, run_id), stderr=subprocess.DEVNULL):
+            pgid = getattr(getattr(client.km, "provisioner", None), "pgid", None)
             stage = "running it"
             responsive = True
             deadline = start + timeout
@@ -254,32 +412,21 @@ def grade_notebook(sub: Submission, timeout: float, check_timeout: float, full: 
                                                              for n in graded.notes):
                     graded.notes.append(f"cell {index} raised {error}")
             stage = "checking its exercises"
-            marker = f"@@grade-{secrets.token_hex(8)}@@"
             for eid, ex in exercises.items():
                 if not responsive:
                     fail_rest("not graded: the notebook's kernel stopped responding (a cell that ignores "
                               "interrupts?)")
                     break
-                cell = nbformat.v4.new_code_cell(f"import exercises as _exercises\n"
-                                                 f"_exercises._report_for_grader({eid!r}, {marker!r})")
-                if not _execute_extra(client, cell, check_timeout):
-                    graded.results[eid] = {"status": FAIL, "points": 0, "max_points": ex.points, "written": ex.written,
-                                           "detail": f"the check did not finish within {check_timeout:g} s (an "
-                                                     "endless loop?)"}
-                    responsive = _responds(client)
-                    continue
-                result = _result_of(cell, marker)
-                if result is None:
-                    why = _first_error(cell) or "no output"
-                    result = {"status": ERROR, "points": 0, "max_points": ex.points, "written": ex.written,
-                              "detail": f"could not be checked ({why})"}
-                graded.results[eid] = result
+                graded.results[eid], responsive = check_in_grader(client, ex, folder, check_timeout)
     except DeadKernelError:
         graded.notes.append(f"the kernel died while {stage}")
         fail_rest(f"not graded: the notebook's kernel died while {stage} (os._exit, a crash, or out of memory)")
     except Exception as err:                           # the kernel did not start, or nbclient failed: still a row
         graded.notes.append(f"failed while {stage}: {type(err).__name__}: {err}"[:200])
         fail_rest(f"not graded: the grader failed while {stage} ({type(err).__name__})")
+    finally:
+        end_processes(pgid, run_id)
+        shutil.rmtree(scratch, ignore_errors=True)    # rmtree does not follow links the notebook left there
     graded.seconds = time.monotonic() - start
     return graded
 
@@ -339,8 +486,20 @@ def summary_columns(summary: list[dict]) -> list[str]:
             + [c for ch in chapters for c in (ch, f"{ch}_max")] + ["written_to_score", "errors", "notes"])
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A cell a spreadsheet shows as text: one that starts like a formula (=HYPERLINK(...) in a written
+    answer, a student folder named '@SUM(...)') gets a leading apostrophe (the OWASP CSV-injection rule)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> None:
-    """Atomically: a half-written file never replaces a good one."""
+    """Atomically: a half-written file never replaces a good one. Every text cell is spreadsheet-safe."""
+    rows = [{k: spreadsheet_safe(v) for k, v in row.items()} for row in rows]
     fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
@@ -417,8 +576,9 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.timeout <= 0 or args.check_timeout <= 0:
-            raise UsageError("--timeout and --check-timeout must be > 0 seconds")
+        for flag, seconds in (("--timeout", args.timeout), ("--check-timeout", args.check_timeout)):
+            if not (math.isfinite(seconds) and 0 < seconds <= 7 * 24 * 3600):   # nan passed `<= 0`
+                raise UsageError(f"{flag} {seconds:g}: must be a finite number of seconds > 0 (at most a week)")
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: must be at least 1")
         csv_path = check_csv(args.csv, args.overwrite)

@@ -46,13 +46,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import pickle
 import re
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from common.files import atomic_write
@@ -69,6 +72,9 @@ ARCHITECTURES = {"deepseek_v3": "DeepseekV3ForCausalLM", "deepseek_v2": "Deepsee
 # GPT-2's BPE merges, as tiktoken pins them for its own "gpt2" encoding
 GPT2_MERGES_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 ENDOFTEXT_ID = 50256
+
+
+_REQUIRED = object()                                   # a config.json field without a default
 
 
 class HFFormatError(ValueError):
@@ -347,8 +353,26 @@ def hf_config(cfg: ModelConfig):
 
 def model_config_from_hf(config: dict, context_length: int | None = None) -> tuple[ModelConfig, bool]:
     """config.json of a DeepseekV3/V2 model -> (our ModelConfig, rope_interleave); HFFormatError if unusable."""
+    if not isinstance(config, dict):
+        raise HFFormatError(f"cannot import: config.json holds a {type(config).__name__}, not an object of fields; "
+                            "pass a Hugging Face model directory")
+
     def refuse(field: str, why: str) -> None:
         raise HFFormatError(f"cannot import: config.json {field}={config.get(field)!r}: {why}")
+
+    def number(field: str, default=_REQUIRED, integer: bool = True):
+        """A numeric field, checked for its type before any use (a string or a list would otherwise reach
+        arithmetic or a tensor size)."""
+        if field not in config or (config[field] is None and default is not _REQUIRED):
+            if default is _REQUIRED:
+                raise HFFormatError(f"cannot import: config.json has no {field}; it is required for a "
+                                    "DeepseekV3/V2 model")
+            return default
+        value = config[field]
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or (not integer and not math.isfinite(value)):
+            refuse(field, "must be an integer" if integer else "must be a finite number")
+        return value
 
     model_type = config.get("model_type")
     if model_type not in ARCHITECTURES:
@@ -359,14 +383,19 @@ def model_config_from_hf(config: dict, context_length: int | None = None) -> tup
     for field in ("attention_bias", "mlp_bias"):
         if config.get(field):
             refuse(field, "our projections have no biases")
-    heads = config["num_attention_heads"]
+    heads = number("num_attention_heads")
     if config.get("num_key_value_heads") not in (None, heads):
         refuse("num_key_value_heads", f"MLA keeps one latent for all heads; expected {heads} (= num_attention_heads)")
-    rope = config.get("rope_parameters") or {"rope_type": "default", "rope_theta": config.get("rope_theta", 1e4)}
+    rope = config.get("rope_parameters") or {"rope_type": "default", "rope_theta": number("rope_theta", 1e4, False)}
+    if not isinstance(rope, dict):
+        refuse("rope_parameters", "must be an object (rope_type, rope_theta)")
+    rope_theta = rope.get("rope_theta", 1e4)
+    if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)):
+        refuse("rope_parameters", "its rope_theta must be a number")
     if config.get("rope_scaling") or rope.get("rope_type", "default") != "default":
         refuse("rope_parameters" if "rope_parameters" in config else "rope_scaling",
                "only plain RoPE is implemented here (no YaRN / scaling)")
-    if config.get("rms_norm_eps", 1e-6) != HF_LATENT_NORM_EPS:
+    if number("rms_norm_eps", 1e-6, False) != HF_LATENT_NORM_EPS:
         refuse("rms_norm_eps", f"our MLA uses one eps for every RMSNorm and HF's latent norms use "
                f"{HF_LATENT_NORM_EPS:g}, so only rms_norm_eps={HF_LATENT_NORM_EPS:g} converts exactly")
     if v3 and config.get("norm_topk_prob", True) is not True:
@@ -376,21 +405,22 @@ def model_config_from_hf(config: dict, context_length: int | None = None) -> tup
     if not config.get("num_experts_per_tok"):
         refuse("num_experts_per_tok", "a MoE model needs the number of experts per token")
     group_limited = v3 or config.get("topk_method") == "group_limited_greedy"
-    n_layers, first_dense = config["num_hidden_layers"], config.get("first_k_dense_replace", 3 if v3 else 0)
+    n_layers, first_dense = number("num_hidden_layers"), number("first_k_dense_replace", 3 if v3 else 0)
     derived = dict(
-        vocab_size=config["vocab_size"], context_length=context_length or config.get("max_position_embeddings", 4096),
-        d_model=config["hidden_size"], n_layers=n_layers, n_heads=heads,
-        tie_embeddings=bool(config.get("tie_word_embeddings", False)), norm_eps=config.get("rms_norm_eps", 1e-6),
-        attention="mla", kv_latent_dim=config["kv_lora_rank"], q_latent_dim=config.get("q_lora_rank") or None,
-        rope_head_dim=config["qk_rope_head_dim"], qk_nope_head_dim=config["qk_nope_head_dim"],
-        v_head_dim=config["v_head_dim"], rope_theta=float(rope.get("rope_theta", 1e4)),
-        ffn="moe" if first_dense < n_layers else "dense", n_dense_layers=min(first_dense, n_layers),
-        dense_hidden_dim=config["intermediate_size"], n_routed_experts=config["n_routed_experts"],
-        n_shared_experts=config.get("n_shared_experts") or 0, top_k=config["num_experts_per_tok"],
-        expert_hidden_dim=config["moe_intermediate_size"], router_score="sigmoid" if v3 else "softmax",
-        route_scale=float(config.get("routed_scaling_factor", 1.0)),
-        n_expert_groups=(config.get("n_group") or 1) if group_limited else 1,
-        topk_groups=(config.get("topk_group") or 1) if group_limited else 1,
+        vocab_size=number("vocab_size"), context_length=(context_length if context_length is not None
+                                                   else number("max_position_embeddings", 4096)),
+        d_model=number("hidden_size"), n_layers=n_layers, n_heads=heads,
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)), norm_eps=number("rms_norm_eps", 1e-6, False),
+        attention="mla", kv_latent_dim=number("kv_lora_rank"), q_latent_dim=number("q_lora_rank", None) or None,
+        rope_head_dim=number("qk_rope_head_dim"), qk_nope_head_dim=number("qk_nope_head_dim"),
+        v_head_dim=number("v_head_dim"), rope_theta=float(rope_theta),
+        ffn="moe" if first_dense < n_layers else "dense", n_dense_layers=max(0, min(first_dense, n_layers)),
+        dense_hidden_dim=number("intermediate_size"), n_routed_experts=number("n_routed_experts"),
+        n_shared_experts=number("n_shared_experts", 0) or 0, top_k=number("num_experts_per_tok"),
+        expert_hidden_dim=number("moe_intermediate_size"), router_score="sigmoid" if v3 else "softmax",
+        route_scale=float(number("routed_scaling_factor", 1.0, False)),
+        n_expert_groups=(number("n_group", 1) or 1) if group_limited else 1,
+        topk_groups=(number("topk_group", 1) or 1) if group_limited else 1,
         capacity_factor=None, mtp_depth=0)
     rope_interleave = bool(config.get("rope_interleave", True)) if v3 else True
     # V3 always carries the selection bias (aux-loss-free, V3 §2.1.2); V2 balanced with losses (V2 §2.2.3)
@@ -413,8 +443,9 @@ def _architecture(config: dict) -> dict:
 
 
 def _stored_config(config: dict) -> ModelConfig | None:
-    stored = (config.get(OUR_KEY) or {}).get("model_config")
-    if not stored:
+    ours = config.get(OUR_KEY)
+    stored = ours.get("model_config") if isinstance(ours, dict) else None
+    if not stored or not isinstance(stored, dict):
         return None
     try:
         return ModelConfig.from_dict(dict(stored))
@@ -435,12 +466,40 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     return atomic_write(path, lambda handle: handle.write(data))
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HFFormatError(f"{path} is not JSON ({err}); download the model directory again") from None
+
+
+def _shard_files(hf_dir: Path, index: Path) -> list[str]:
+    """The shard names of an index, each a file inside hf_dir: a weight_map naming ../../x.safetensors or
+    /abs/x would otherwise load a file from elsewhere."""
+    listing = _read_json(index)
+    weight_map = listing.get("weight_map") if isinstance(listing, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise HFFormatError(f"{index} has no weight_map of tensor names to shard files; download the model "
+                            "directory again")
+    root = hf_dir.resolve()
+    files = sorted(set(weight_map.values()))
+    for name in files:
+        path = (hf_dir / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_relative_to(root):
+            raise HFFormatError(f"{index}: shard {name!r} is outside the model directory; an index names files "
+                                "inside it (refused, nothing loaded)")
+        if not path.is_file():
+            raise HFFormatError(f"{index} names shard {name!r}, which is not in {hf_dir}; download the whole "
+                                "model directory")
+    return files
+
+
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """Every tensor of an HF checkpoint directory: model.safetensors, sharded safetensors, or pytorch_model.bin."""
     index = next((hf_dir / name for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
                   if (hf_dir / name).is_file()), None)
     if index is not None:
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = _shard_files(hf_dir, index)
     else:
         files = [name for name in ("model.safetensors", "pytorch_model.bin") if (hf_dir / name).is_file()][:1]
     if not files:
@@ -449,8 +508,13 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     state = {}
     for name in files:
         path = hf_dir / name
-        state |= load_file(path) if name.endswith(".safetensors") else torch.load(path, map_location="cpu",
-                                                                                  weights_only=True)
+        try:
+            state |= load_file(path) if name.endswith(".safetensors") else torch.load(path, map_location="cpu",
+                                                                                      weights_only=True)
+        except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+            # safetensors' own error class, or a .bin that is not a weights-only pickle
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise HFFormatError(f"{path} is not a readable weights file ({first[:200]}); download it again") from None
     return state
 
 
@@ -617,7 +681,7 @@ def load_hf_dir(hf_dir: str | os.PathLike, context_length: int | None = None, de
     if not (hf_dir / "config.json").is_file():
         raise HFFormatError(f"{hf_dir} has no config.json; pass a Hugging Face model directory "
                             "(config.json + model.safetensors)")
-    config = json.loads((hf_dir / "config.json").read_text())
+    config = _read_json(hf_dir / "config.json")
     cfg, rope_interleave = model_config_from_hf(config, context_length)
     state, unused = from_hf_state_dict(read_hf_weights(hf_dir), cfg, rope_interleave)
     # layers past num_hidden_layers are V3's MTP modules; rotary inv_freq is recomputed, never loaded
@@ -630,7 +694,11 @@ def load_hf_dir(hf_dir: str | os.PathLike, context_length: int | None = None, de
         warnings.warn(f"{hf_dir}: the multi-token-prediction layers are not loaded", stacklevel=2)
     model = DeepSeekModel(cfg)
     model.load_state_dict(state, strict=True)
-    tokenizer = (config.get(OUR_KEY) or {}).get("tokenizer")
+    ours = config.get(OUR_KEY)
+    tokenizer = ours.get("tokenizer") if isinstance(ours, dict) else None
+    if tokenizer is not None and not isinstance(tokenizer, dict):
+        raise HFFormatError(f"{hf_dir / 'config.json'}: {OUR_KEY}.tokenizer must be an object, got "
+                            f"{type(tokenizer).__name__}")
     vocab = hf_dir / "vocab.json"
     if tokenizer is None and vocab.is_file() and (hashlib.sha256(vocab.read_bytes()).hexdigest()
                                                   == tokenizer_identity()["encoder_sha256"]):

@@ -5,7 +5,9 @@
 
 Each case is a subprocess of train.py, inference.py or `python -m ablation` (a few run a short Python
 wrapper that simulates what a test machine cannot produce: a full disk, a read-only folder when running
-as root). A case passes when its exit code is the expected one, stderr holds no traceback, and its own
+as root). Where the machine allows it (root, `mount -t tmpfs` permitted) a REAL 1 MB tmpfs is the full disk
+as well: the patched case alone could not see torch.save's own error on a full disk (issue 24).
+A case passes when its exit code is the expected one, stderr holds no traceback, and its own
 check holds (files that existed are unchanged, no empty folder was left, the message names the fix).
 The project rule it checks: a bad input gets one line naming the problem and the fix, before any work
 starts, and nothing that existed is lost. Everything happens in a temporary folder, offline, on CPU.
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from components.deepseek_model import DeepSeekModel
 from constants import TINY
+from hugging_face.convert import export_hf
 from training.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +199,56 @@ def sigint_one_shot(proc: subprocess.Popen) -> tuple[bytes, bytes]:
 
 # --- the cases --------------------------------------------------------------------------------------------------
 
+def real_small_disk(tmp: Path) -> Path | None:
+    """A real 1 MB tmpfs where the machine allows it (root, mount permitted), else None (the patched full-disk
+    case still runs)."""
+    point = tmp / "small_disk"
+    point.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(point)], capture_output=True)
+    return point if done.returncode == 0 else None
+
+
+def hf_cases(tmp: Path, checkpoint: Path) -> list[Case]:
+    """Hostile Hugging Face directories, made from an export of a good checkpoint."""
+    good = tmp / "hf_good"
+    export_hf(checkpoint, good)
+    (tmp / "elsewhere").mkdir()
+    shutil.copy(good / "model.safetensors", tmp / "elsewhere" / "x.safetensors")
+    cases = []
+
+    def variant(name: str, change: Callable, phrase: str) -> None:
+        folder = tmp / f"hf_{len(cases)}"
+        shutil.copytree(good, folder)
+        change(folder)
+        cases.append(Case(f"from-hf: {name}", ["-m", "hugging_face", "from-hf", str(folder), str(tmp / "hf.pt")],
+                          check=both(says(phrase), absent(tmp / "hf.pt"))))
+
+    def config(**changes):
+        def change(folder: Path) -> None:
+            values = json.loads((folder / "config.json").read_text())
+            values.update(changes)
+            (folder / "config.json").write_text(json.dumps(values))
+        return change
+
+    def index(target: str):
+        def change(folder: Path) -> None:
+            weight_map = {"model.embed_tokens.weight": target}
+            (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+        return change
+
+    variant("config is a list", lambda f: (f / "config.json").write_text("[]"), "not an object")
+    variant("rope_parameters a string", config(rope_parameters="yarn"), "must be an object")
+    variant("hidden_size a string", config(hidden_size="64"), "must be an integer")
+    variant("index without weight_map", lambda f: (f / "model.safetensors.index.json").write_text("{}"),
+            "no weight_map")
+    variant("shard index pointing outside (../)", index("../elsewhere/x.safetensors"), "outside the model directory")
+    variant("corrupt model.safetensors", lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00garbage"),
+            "not a readable weights file")
+    return cases
+
+
 def build_cases(tmp: Path) -> list[Case]:
     corpus = write_corpus(tmp / "corpus")
     ckpt = make_checkpoints(tmp)
@@ -204,6 +259,13 @@ def build_cases(tmp: Path) -> list[Case]:
     infer = ["inference.py", "--model_path", str(ckpt["good"]), "--max_new_tokens", "4"]
     ablate = ["-m", "ablation", "--tokens", "64", *cache]
 
+    victim = tmp / "victim" / "precious.txt"             # what a planted .lock link points at
+    victim.parent.mkdir()
+    victim.write_text("not a lock")
+    linked = tmp / "linked_out"
+    linked.mkdir()
+    (linked / ".lock").symlink_to(victim)
+    small_disk = real_small_disk(tmp)
     a_file = tmp / "a_file.txt"
     a_file.write_text("my notes")
     earlier = tmp / "earlier_run"
@@ -265,6 +327,19 @@ def build_cases(tmp: Path) -> list[Case]:
         Case("train: full disk while saving", ["-c", FULL_DISK, *train[1:], "--out", str(tmp / "full"),
                                                "--max-steps", "3", "--save-every", "1"], codes=(1,),
              check=says("No space left on device", "(step 1)", "--resume")),
+        # issue 24: non-finite and overflowing numbers, hostile HF directories, symlinks, a real full disk
+        *[Case(f"train: {' '.join(flags)}", [*train, *flags, "--out", str(tmp / "t24")], check=absent(tmp / "t24"))
+          for flags in (["--epochs", "inf"], ["--time-budget", "inf"], ["--set", "capacity_factor=inf"],
+                        ["--set", "bias_update_rate=inf"], ["--set", "rope_theta=nan"], ["--set", "norm_eps=-1"],
+                        ["--set", "weight_decay=inf"], ["--seed", str(2**70)])],
+        *[Case(f"inference: {' '.join(flags)}", [*infer, *flags], check=says(flags[0].lstrip("-")))
+          for flags in (["--temperature", "1e-320"], ["--presence_penalty", "1e308"], ["--beams", "100000"],
+                        ["--num_samples", "1000000"])],
+        *hf_cases(tmp, ckpt["good"]),
+        Case("train: a .lock in --out that is a symlink", [*train, "--out", str(linked)], codes=(1, 2),
+             check=both(says("symbolic link"), unchanged(victim.parent))),
+        *([Case("train: a REAL full disk (1 MB tmpfs)", [*train, "--out", str(small_disk)], codes=(1,),
+                check=says("No space left on device"))] if small_disk else []),
         Case("train: non-finite loss", [*train, "--out", str(tmp / "nan_run"), "--max-steps", "3",
                                         "--set", "init_std=1e30"], codes=(1,), check=says("non-finite loss")),
         # python -m ablation
@@ -308,10 +383,13 @@ def build_cases(tmp: Path) -> list[Case]:
              check=says("one prompt at a time")),
         Case("inference: Ctrl-D at the prompt", [*infer, "--interactive"], codes=(0,), stdin=b""),
         Case("inference: Ctrl-C during generation (interactive)",
-             [*infer[:-1], "100000000", "--interactive"], codes=(0,), interact=sigint_while_generating,
+             # greedy: a sampled <|endoftext|> could end the generation before the signal comes
+             [*infer[:-1], "100000", "--temperature", "0", "--interactive"], codes=(0,),
+             interact=sigint_while_generating,
              check=says("interrupted (Ctrl-C)", where="out")),
         Case("inference: Ctrl-C at the prompt", [*infer, "--interactive"], codes=(0,), interact=sigint_at_the_prompt),
-        Case("inference: Ctrl-C during a one-shot generation", [*infer[:-1], "100000000", "--prompt", "Hi"],
+        Case("inference: Ctrl-C during a one-shot generation", [*infer[:-1], "100000", "--temperature", "0",
+                                                                "--prompt", "Hi"],
              codes=(130,), interact=sigint_one_shot),
     ]
 
@@ -408,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(format_result(result), flush=True)
         finally:
             (tmp / "read_only").chmod(0o755)
+            if os.path.ismount(tmp / "small_disk"):
+                subprocess.run(["umount", str(tmp / "small_disk")], check=False)
     tracebacks = sum(1 for r in results if r.problem and r.problem.startswith("TRACEBACK"))
     failed = sum(1 for r in results if r.problem)
     print(f"\n{len(results)} cases in {time.perf_counter() - started:.0f} s: {len(results) - failed} as expected, "

@@ -9,13 +9,36 @@ answers that only call the library function the exercise asks for. Pytest collec
 functions under the names they are bound to.
 """
 
-import pytest
+import itertools
 
-from exercises import ANSWERED, FAIL, NOT_ATTEMPTED, PASS, chapter_exercises, check_exercise, find
+import pytest
+import torch
+
+import exercises
+from exercises import ANSWERED, FAIL, NOT_ATTEMPTED, PASS, chapter_exercises, check_exercise, exchange, find, run_check
 
 
 def stub(*args, **kwargs):
     raise NotImplementedError
+
+
+def through_the_exchange(exercise_id: str, answer, folder):
+    """The verdict as the grader computes it: the check runs here, and each call of the answer goes through the
+    kernel's side of the exchange (exercises._grader_call: arguments from a file, the guard on, the reply as
+    data) -- the same code a submitted notebook's kernel runs, called in this process."""
+    exercises._SUBMITTED[exercise_id] = answer
+    names = itertools.count()
+
+    def call(*args, **kwargs):
+        n = next(names)
+        torch.save((args, kwargs), folder / f"args-{n}.pt")
+        exercises._grader_call(exercise_id, str(folder / f"args-{n}.pt"), str(folder / f"reply-{n}.pt"))
+        return exchange.outcome(exchange.read(folder / f"reply-{n}.pt"), args)
+
+    try:
+        return run_check(find(exercise_id), call, guard=False).status
+    finally:
+        exercises._SUBMITTED.pop(exercise_id, None)
 
 
 def exercise_checks(correct: dict, wrong: list):
@@ -34,6 +57,15 @@ def exercise_checks(correct: dict, wrong: list):
         want = ANSWERED if find(exercise_id).written else PASS
         assert check_exercise(exercise_id, correct[exercise_id], verbose=False) == want
 
+    @pytest.mark.parametrize("exercise_id", sorted(e for e in correct if not find(e).written))
+    def test_the_graders_verdicts_through_the_exchange(exercise_id, tmp_path):
+        """Right answers pass, wrong ones (delegating ones too) fail, when the check runs in the grader and
+        the answer in a kernel: hidden inputs and outputs survive the trip."""
+        assert through_the_exchange(exercise_id, correct[exercise_id], tmp_path) == PASS
+        for wrong_id, wrong_fn, _ in wrong:
+            if wrong_id == exercise_id:
+                assert through_the_exchange(exercise_id, wrong_fn, tmp_path) == FAIL, wrong_fn.__name__
+
     @pytest.mark.parametrize(("exercise_id", "wrong_fn", "hint"), wrong, ids=[w[1].__name__ for w in wrong])
     def test_wrong_answer_fails_with_a_hint(exercise_id, wrong_fn, hint, capsys):
         assert check_exercise(exercise_id, wrong_fn, verbose=False) == FAIL
@@ -42,4 +74,4 @@ def exercise_checks(correct: dict, wrong: list):
         assert printed.startswith(f"Exercise {exercise_id}: FAIL") and hint in printed, printed
 
     return (test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
-            test_wrong_answer_fails_with_a_hint)
+            test_wrong_answer_fails_with_a_hint, test_the_graders_verdicts_through_the_exchange)

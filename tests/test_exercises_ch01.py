@@ -95,7 +95,8 @@ WRONG = [
 ]
 
 (test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
- test_wrong_answer_fails_with_a_hint) = exercise_checks(CORRECT, WRONG)
+ test_wrong_answer_fails_with_a_hint,
+ test_the_graders_verdicts_through_the_exchange) = exercise_checks(CORRECT, WRONG)
 
 
 def test_the_library_is_back_after_a_delegating_answer():

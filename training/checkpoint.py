@@ -27,6 +27,7 @@ the new complete file, never half of one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -64,7 +65,23 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     Through files.atomic_write: a temporary file beside `path`, fsynced, then renamed over it; the
     checkpoint gets the mode of any new file (0666 & ~umask), not mkstemp's private 0600.
     """
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    def write(handle) -> None:
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            # torch's zip writer reports a failed write (a full disk, an I/O error) as RuntimeError("[enforce
+            # fail at inline_container.cc ...] unexpected pos ..."), without the errno: give it back as the
+            # OSError it is, so every caller's disk-error handling (one line, the old file kept) applies
+            if "inline_container" not in str(err) and "unexpected pos" not in str(err):
+                raise
+            folder = Path(path).parent
+            stats = os.statvfs(folder) if hasattr(os, "statvfs") and folder.is_dir() else None
+            if stats is not None and stats.f_bavail * stats.f_frsize < 16 * 2**20:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise OSError(errno.EIO, f"torch.save could not write ({str(err).splitlines()[0][:120]})",
+                          str(path)) from None
+
+    return atomic_write(path, write)
 
 
 def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:

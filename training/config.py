@@ -6,10 +6,9 @@ Budgets: training stops at whichever of max_steps, epochs and time_budget_min co
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from components.settings import Settings, bad_field, check
+from components.settings import RULES, Settings, bad_field, check
 from constants import SEED
 from training.precision import PRECISIONS as DTYPES
 
@@ -51,16 +50,18 @@ class TrainConfig(Settings):
         check(self, "a positive integer", "batch_size", "grad_accum", "log_every")
         check(self, "an integer >= 0", "warmup_steps", "eval_every", "save_every", "sample_every", "sample_tokens")
         check(self, "None or a positive integer", "max_steps", "eval_batches")
-        check(self, "None or > 0", "epochs", "time_budget_min")
-        check(self, ">= 0", "weight_decay")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            bad("lr", "must be a finite number > 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            bad("min_lr_ratio", "must be in [0, 1]")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        check(self, "None or a finite number > 0", "epochs", "time_budget_min", "grad_clip")
+        check(self, "a finite number >= 0", "weight_decay")
+        check(self, "a finite number > 0", "lr")
+        check(self, "a number in [0, 1]", "min_lr_ratio")
+        check(self, "an integer in [0, 2**63)", "seed")
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2 and all(RULES["a number in [0, 1)"](b)
+                                                                             for b in self.betas)):
             bad("betas", "must be two numbers in [0, 1)")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            bad("grad_clip", "must be None (off) or > 0")
+        if self.epochs is not None and self.epochs > 1e6:
+            bad("epochs", "must be at most 1e6 (for no epoch limit leave it None)")
+        if self.time_budget_min is not None and self.time_budget_min > 525600:
+            bad("time_budget_min", "must be at most a year of minutes, 525600 (for no time limit leave it None)")
         if self.max_steps is None and self.epochs is None and self.time_budget_min is None:
             bad("max_steps", "set at least one budget: max_steps, epochs or time_budget_min")
         if self.dtype not in DTYPES:

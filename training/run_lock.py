@@ -75,7 +75,15 @@ class RunLock:
 
     def acquire(self) -> str | None:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            # O_NOFOLLOW: a lock file that is a link (planted, or left by a copy) would have us truncate and
+            # write its target, a file outside the run
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+            except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise FolderLocked(f"{self.path} is a symbolic link, not a lock file; remove the link (its "
+                                       "target is left alone) or choose another --out") from None
+                raise
             try:
                 if not _try_lock(fd):
                     holder = _read_holder(fd)
@@ -84,7 +92,7 @@ class RunLock:
                 # the holder we waited out may have deleted the file after we opened it: our lock would
                 # then be on an orphaned file while a newcomer locks a fresh one; start again
                 with suppress(FileNotFoundError):
-                    if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    if os.fstat(fd).st_ino == os.lstat(self.path).st_ino:
                         break
             except BaseException:
                 os.close(fd)
