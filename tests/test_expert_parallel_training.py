@@ -10,14 +10,16 @@ AdamW moments 1e-7 (measured 3e-9).
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
 from ep_train_worker import run_single, setup
 from test_ddp import REPO, torchrun
-from training_helpers import tiny_cfg
+from training_helpers import tiny_cfg, write_corpus
 
-from trainer import Trainer
+from trainer import TrainConfig, Trainer
 from training.checkpoint import load_checkpoint, load_model
 
 STEPS, WORLD, LR = 3, 2, 3e-3
@@ -94,3 +96,34 @@ def test_expert_parallel_resume_is_exact_and_resumes_on_one_process(runs):
     for key, value in single.raw_model.state_dict().items():
         tolerance = 0 if key.endswith("router.bias") else 0.01 * LR
         torch.testing.assert_close(trainer.raw_model.state_dict()[key], value, atol=tolerance, rtol=0)
+
+
+def test_train_py_expert_parallel_matches_ddp_under_torchrun(tmp_path):
+    """`train.py --expert-parallel 2` and plain DDP, same flags and seed: the same data per rank, so the same
+    losses and weights (DDP == one process is tests/test_ddp.py); samples and evaluation run on every rank."""
+    corpus = write_corpus(tmp_path / "corpus")
+    common = ["--preset", "tiny", "--data", str(corpus), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "2",
+              "--device", "cpu", "--max-steps", "2", "--set", "sample_tokens=4"]
+    runs = {}
+    for name, extra in (("ep", ["--expert-parallel", "2"]), ("ddp", [])):
+        result = torchrun(str(REPO / "train.py"), *common, "--out", str(tmp_path / name), *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-4000:]
+        runs[name] = result.stdout
+    assert "expert parallelism: 2 ranks, 2 of 4 routed experts per rank" in runs["ep"]
+    for name in ("done: 2 steps", "final model on the whole validation split", "\n--- "):
+        assert name in runs["ep"], name
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in runs}
+    losses = {name: [r.get("loss", r.get("val_loss")) for r in rows[name] if r["kind"] in ("train", "eval")]
+              for name in rows}
+    assert losses["ep"] == pytest.approx(losses["ddp"], abs=1e-6)
+    ep, ddp = (load_model(tmp_path / name / "latest.pt")[0].state_dict() for name in ("ep", "ddp"))
+    for key, value in ddp.items():
+        torch.testing.assert_close(ep[key], value, atol=0.01 * TrainConfig().lr, rtol=0)   # measured 3.2e-6
+
+
+def test_expert_parallel_flag_needs_torchrun_with_as_many_processes(capsys):
+    import train
+
+    assert train.main(["--preset", "tiny", "--expert-parallel", "2", "--max-steps", "1"]) == 2
+    assert "--expert-parallel 2: N must equal the number of processes (this run has 1)" in capsys.readouterr().err
