@@ -227,7 +227,8 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
     finally:
         model.train(was_training)
     if split_over is not None and split_over.enabled:
-        total, count = sum_over_ranks(torch.tensor([total, count], dtype=torch.float64), split_over).tolist()
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)    # nccl reduces device tensors
+        total, count = sum_over_ranks(sums, split_over).tolist()
     val_loss = total / count
     return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
 
