@@ -175,7 +175,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
     else:                          # expert grads: summed over ranks -> mean; the norm over every rank's experts
         experts.scale_grads()
         if scaler is not None:
-            scaler.unscale_(optimizer)
+            experts.unscale_(scaler, optimizer)          # every rank skips an overflowed step together
         grad_norm = experts.clip(cfg.grad_clip)
     names = sorted(sums)
     means = mean_over_ranks(torch.stack([sums[k] for k in names]), dist_info).tolist()
@@ -349,8 +349,7 @@ class Trainer:
             ignore = self.experts.ddp_ignore(self.model) if self.experts else ()
             self.model = wrap_ddp(self.model, self.device, has_experts=model_cfg.ffn == "moe" and not self.experts,
                                   ignore=ignore)
-        self.scaler = (self.experts.make_scaler(self.device.type) if self.experts and self.precision.needs_scaler
-                       else self.precision.make_scaler())            # fp16 only
+        self.scaler = self.precision.make_scaler()                    # fp16 only
         # 4) optimizer, schedule horizon and bookkeeping
         self.optimizer, self.fused = make_optimizer(self.raw_model, cfg)
         self.tokens_per_step = cfg.batch_size * model_cfg.context_length * cfg.grad_accum * self.dist.world_size

@@ -19,6 +19,7 @@ from ep_train_worker import run_single, setup
 from test_ddp import REPO, torchrun
 from training_helpers import tiny_cfg, write_corpus
 
+from hugging_face.convert import from_hf_state_dict, to_hf_state_dict
 from trainer import TrainConfig, Trainer
 from training.checkpoint import load_checkpoint, load_model
 
@@ -78,6 +79,10 @@ def test_checkpoint_of_an_expert_parallel_run_is_the_gathered_weights(runs):
         model, meta = load_model(out / "full" / name)                # inference's loader, unchanged
         for key, value in model.state_dict().items():
             assert torch.equal(value, ckpt["model"][key]), (name, key)
+    hf = to_hf_state_dict(ckpt["model"], model.cfg)                   # the Hugging Face export's names
+    assert any(".mlp.experts." in key for key in hf)
+    back, unused = from_hf_state_dict(hf, model.cfg)
+    assert not unused and all(torch.equal(back[k], ckpt["model"][k]) for k in back)
 
 
 def test_expert_parallel_resume_is_exact_and_resumes_on_one_process(runs):

@@ -20,7 +20,7 @@ What training must add to the layer, all in `ExpertSharding`:
     optimizer indexes it; a load takes each rank's share. So inference, the Hugging Face export and
     resume on any number of processes (with or without expert parallelism) read it unchanged.
   * fp16 loss scaling: one rank's expert gradients may overflow while the others' do not; the scaler
-    must skip the step on every rank, so it all-reduces "found inf" (torch's ShardedGradScaler does).
+    must skip the step on every rank, so its "found inf" flags are all-reduced (`unscale_`).
 Evaluation and sampling run on every rank (each forward is a collective); see trainer.py.
 """
 
@@ -118,10 +118,14 @@ class ExpertSharding:
             torch._foreach_mul_(grads, coef.to(grads[0].device))
         return total
 
-    def make_scaler(self, device_type: str):
-        """fp16: a loss scaler whose overflow check is all-reduced over the ranks (every rank skips together)."""
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-        return ShardedGradScaler(device_type, process_group=self.group)
+    def unscale_(self, scaler, optimizer: torch.optim.Optimizer) -> None:
+        """fp16: `scaler.unscale_(optimizer)`, then the overflow flags all-reduced (max) over the ranks, so
+        that every rank skips an overflowed step and lowers the scale together (one rank's experts may
+        overflow alone). The flags live in the scaler's per-optimizer state, as torch's ShardedGradScaler
+        reduces them (that class itself refuses the fused AdamW: its flag has another shape)."""
+        scaler.unscale_(optimizer)
+        for found in scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values():
+            dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.group)
 
     # --- checkpoints: gather to rank 0 in the one format, and take a rank's share back ---------------
     def _gather(self, part: dict) -> list[dict] | None:
