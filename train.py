@@ -5,6 +5,7 @@
     python train.py --set top_k=1 --set attention=mha # any ModelConfig/TrainConfig field, typed
     python train.py --resume                          # continue the run in --out from latest.pt
     torchrun --nproc_per_node 4 train.py --preset default   # DistributedDataParallel, same flags
+    torchrun --nproc_per_node 2 train.py --expert-parallel 2  # experts sharded over the 2 ranks, the rest DDP
 
 A thin layer over `trainer.Trainer`: it resolves the configs (printing them first), prepares the
 data, trains, and prints the final and best validation loss and a couple of samples. Every
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision (default auto: fp32 on CPU/MPS, bf16 autocast on CUDA >= 8.0, else fp16 autocast "
                         "with loss scaling; see precision.py)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--expert-parallel", type=int, metavar="N",
+                   help="under torchrun: split the routed experts of every MoE layer over N ranks (all-to-all "
+                        "dispatch and combine), the other weights data-parallel over the same ranks; N must equal "
+                        "--nproc_per_node for now (see training/expert_parallel.py)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest.pt")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out that holds an earlier run (its files are replaced as this run "
@@ -194,6 +199,19 @@ def check_vocabulary(model_cfg: ModelConfig) -> None:
                          "python -m ablation --vocab-top N, which remaps the ids to a smaller vocabulary")
 
 
+def check_expert_parallel(n: int | None, model_cfg: ModelConfig) -> None:
+    """--expert-parallel N: N is the torchrun world size (the EP group is the DP group) and divides the experts."""
+    if n is None:
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if n < 2 or n != world:
+        raise UsageError(f"--expert-parallel {n}: N must equal the number of processes (this run has {world}) and be "
+                         f">= 2: torchrun --nproc_per_node {max(n, 2)} train.py --expert-parallel {max(n, 2)} ...")
+    if model_cfg.ffn != "moe" or model_cfg.n_routed_experts % n:
+        raise UsageError(f"--expert-parallel {n}: needs an MoE model whose n_routed_experts "
+                         f"({model_cfg.n_routed_experts}) is a multiple of {n}")
+
+
 def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
     """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one
     (overwrite=None: only the first check, before the folder is locked)."""
@@ -263,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         model_cfg, train_cfg, resumed = resolve_configs(args)
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
         check_vocabulary(model_cfg)
+        check_expert_parallel(args.expert_parallel, model_cfg)
         check_out_dir(train_cfg.out_dir, resumed is not None, overwrite=None)
         if args.tensorboard:
             TensorBoardLog.check_available()
@@ -310,16 +329,23 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     # 3) train
     trainer = None
     try:
-        trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None)
+        trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None,
+                          expert_parallel=args.expert_parallel is not None)
         if args.tensorboard and trainer.dist.is_main:
             trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
             say(f"TensorBoard events: {args.tensorboard} (view them with: tensorboard --logdir {args.tensorboard})")
         model = trainer.raw_model
-        say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "
-            f"device {trainer.device} | {'fused' if trainer.fused else 'plain'} AdamW | "
-            f"{trainer.dist.world_size} process(es)")
+        if trainer.experts:
+            say(f"{trainer.experts.describe()}; {count_parameters(model):,} parameters on each rank")
+        else:
+            say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "
+                f"device {trainer.device} | {'fused' if trainer.fused else 'plain'} AdamW | "
+                f"{trainer.dist.world_size} process(es)")
         say(trainer.schedule.describe())
         summary = trainer.train()
+        # the final model on the whole validation split (under expert parallelism every rank takes part)
+        whole = (whole_split_line(trainer) if trainer.val_ids is not None and train_cfg.eval_batches is not None
+                 else None)
     except NonFiniteLossError as err:
         print(f"train.py: {err}", file=sys.stderr)
         return 1
@@ -345,8 +371,8 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     say(f"\ndone: {summary['steps']} steps ({summary['stopped_because']}), {summary['tokens']:,} tokens, "
         f"{summary['tokens_per_s']:,.0f} tokens/s")
     say(f"final val loss {fmt(summary['final_val_loss'])} | best val loss {fmt(summary['best_val_loss'])}")
-    if info.is_main and trainer.val_ids is not None and train_cfg.eval_batches is not None:
-        say(whole_split_line(trainer))
+    if whole:
+        say(whole)
     say(f"checkpoints: {train_cfg.out_dir}/best_model.pt, {train_cfg.out_dir}/latest.pt; "
         f"metrics: {summary['metrics_path']}")
     for sample in summary["samples"]:
@@ -356,12 +382,15 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     return 0
 
 
-def whole_split_line(trainer) -> str:
+def whole_split_line(trainer) -> str | None:
     """The final model's loss on the whole validation split: the number to compare across runs. The
     evaluations during training cover only the first `eval_batches` batches, so their windows change with
     the batch size (20 batches of 8 sequences are 37% of the essays' validation tokens, of 16 75%).
-    `Trainer.evaluate_whole_split` also logs it (metrics.jsonl, TensorBoard) and writes it into best_model.*."""
+    `Trainer.evaluate_whole_split` also logs it (metrics.jsonl, TensorBoard) and writes it into best_model.*;
+    every rank calls it (under expert parallelism each evaluates its share); None on the other ranks."""
     result = trainer.evaluate_whole_split()
+    if result is None:
+        return None
     return (f"final model on the whole validation split ({result['val_tokens']:,} tokens): val loss "
             f"{result['val_loss']:.4f} (ppl {result['val_ppl']:,.1f})")
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel, ForwardStats
@@ -53,6 +54,7 @@ from training.distributed import (
     sum_over_ranks,
     wrap_ddp,
 )
+from training.expert_parallel import ExpertSharding
 from training.fast_head import head_loss_for
 from training.precision import backward, choose_precision, optimizer_step, unscale_and_clip
 from training.run_checkpoints import RunCheckpoints
@@ -142,14 +144,15 @@ def load_summary(loads: torch.Tensor | None) -> dict:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg: TrainConfig, *, lr: float,
                device: torch.device, dist_info: DistInfo = ONE_PROCESS, autocast=nullcontext,
-               scaler: torch.amp.GradScaler | None = None) -> dict:
+               scaler: torch.amp.GradScaler | None = None, experts: ExpertSharding | None = None) -> dict:
     """One optimizer step over cfg.grad_accum micro-batches from `batches.next()`; returns the logged values.
 
     Logged: loss, ce, balance losses, mtp_loss (averaged over micro-batches and ranks), lr, grad_norm
     (before clipping), per MoE layer the expert loads, and with an fp16 `scaler` whether the step was
     skipped (an overflowed gradient: no update, no bias change, the scale halves; see precision.py).
     Raises NonFiniteLossError, before the weights are touched, if the loss (or, without a scaler, the
-    gradient norm) is not finite.
+    gradient norm) is not finite. `experts`: the model's experts are sharded over the ranks (expert
+    parallelism): their gradients are rescaled and the norm is the global one (training/expert_parallel.py).
     """
     raw_model = ckpt_io.unwrap(model)                     # the model inside DDP / torch.compile
     optimizer.zero_grad(set_to_none=True)
@@ -168,8 +171,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
             counts = torch.stack([torch.cat([s.tokens_per_expert, s.dropped_tokens.view(1)]) for s in stats.moe])
             loads = counts if loads is None else loads + counts
     # the true gradient norm before clipping (with an infinite threshold, clipping only measures)
-    params = [p for p in raw_model.parameters() if p.grad is not None]
-    grad_norm = unscale_and_clip(optimizer, scaler, params, cfg.grad_clip)
+    if experts is None:
+        params = [p for p in raw_model.parameters() if p.grad is not None]
+        grad_norm = unscale_and_clip(optimizer, scaler, params, cfg.grad_clip)
+    else:                          # expert grads: summed over ranks -> mean; the norm over every rank's experts
+        experts.scale_grads()
+        if scaler is not None:
+            experts.unscale_(scaler, optimizer)          # every rank skips an overflowed step together
+        grad_norm = experts.clip(cfg.grad_clip)
     names = sorted(sums)
     means = mean_over_ranks(torch.stack([sums[k] for k in names]), dist_info).tolist()
     logged = dict(zip(names, means, strict=True)) | {"lr": lr, "grad_norm": grad_norm.item()}
@@ -192,28 +201,43 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int, max_batches: int | None,
-             device: torch.device, autocast=nullcontext, progress: str | None = None) -> dict:
+             device: torch.device, autocast=nullcontext, split_over: DistInfo | None = None,
+             progress: str | None = None) -> dict:
     """Mean cross-entropy over the first `max_batches` validation batches (the same tokens every time).
-    `progress`: the label of a progress bar (on a terminal only)."""
+
+    split_over: every rank of it calls this, takes batches rank, rank + W, ... and the sums are all-reduced
+    (expert parallelism: every forward is a collective, so all ranks run the same number of them; a rank
+    short of a batch in the last round repeats its first one with weight 0).
+    progress: the label of a progress bar (on a terminal only).
+    """
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     batches = eval_batches(val_ids, batch_size, context_length, max_batches=max_batches)
-    if progress:
-        from tqdm import tqdm  # console bar, on a TTY only (tqdm.auto warns in notebooks)
-
+    if split_over is not None and split_over.enabled:
+        batches, W = list(batches), split_over.world_size
+        rounds = math.ceil(len(batches) / W)
+        mine = [(batches[i], 1.0) if i < len(batches) else (batches[0], 0.0)
+                for i in range(split_over.rank, rounds * W, W)]
+    else:
+        mine = ((batch, 1.0) for batch in batches)
+    if progress:                                          # a console bar, on a terminal only
         n_batches = -(-((len(val_ids) - 1) // context_length) // batch_size)
-        batches = tqdm(batches, total=min(n_batches, max_batches or n_batches), desc=progress, unit="batch",
-                       leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+        total = min(n_batches, max_batches or n_batches)
+        mine = tqdm(mine, total=total if split_over is None or not split_over.enabled else None, desc=progress,
+                    unit="batch", leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
-        for x, y in batches:
+        for (x, y), weight in mine:
             with autocast():
                 x, y = x.to(device), y.to(device)
                 _, _, stats = model(x, y, head_loss=head_loss_for(ckpt_io.unwrap(model), x, y))
-            total += stats.ce.item() * y.numel()
-            count += y.numel()
+            total += weight * stats.ce.item() * y.numel()
+            count += weight * y.numel()
     finally:
         model.train(was_training)
+    if split_over is not None and split_over.enabled:
+        sums = torch.tensor([total, count], dtype=torch.float64, device=device)    # nccl reduces device tensors
+        total, count = sum_over_ranks(sums, split_over).tolist()
     val_loss = total / count
     return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
 
@@ -301,10 +325,13 @@ class Trainer:
     data: `data.prepare_data(...)` output, or pass `train_ids=` / `val_ids=` (1-D token arrays);
     train_batches: anything with TrainBatches' interface (`next()`, `state_dict()`, `load_state_dict()`,
     `epoch`) instead of the random sampler; resume: True (out_dir/latest.pt) or a checkpoint path.
+    expert_parallel: under torchrun, shard the routed experts over all the ranks (the rest stays
+    data-parallel): training/expert_parallel.py. Evaluation and samples then run on every rank.
     """
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig | None = None, data=None, *,
-                 train_ids=None, val_ids=None, train_batches=None, resume: bool | str | os.PathLike = False):
+                 train_ids=None, val_ids=None, train_batches=None, resume: bool | str | os.PathLike = False,
+                 expert_parallel: bool = False):
         cfg, self.model_cfg = train_cfg or TrainConfig(), model_cfg
         self.cfg = cfg
         # 1) processes and device
@@ -312,18 +339,26 @@ class Trainer:
         self.device = pick_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
         self.precision = choose_precision(self.device, cfg.dtype)     # fp32 on CPU; see precision.py
         self.autocast_dtype, self._autocast = self.precision.autocast_dtype, self.precision.autocast
-        self.scaler = self.precision.make_scaler()                    # fp16 only
+        if expert_parallel and not (self.dist.enabled and model_cfg.ffn == "moe"):
+            raise ValueError("expert parallelism needs an MoE model (ffn='moe') and several processes: "
+                             "torchrun --nproc_per_node N train.py --expert-parallel N")
         # 2) data: each rank draws its own random windows (seed + rank)
         self.train_ids, self.val_ids = check_data(data, train_ids, val_ids, train_batches, model_cfg.context_length)
         self.batches = train_batches if train_batches is not None else TrainBatches(
             self.train_ids, cfg.batch_size, model_cfg.context_length, seed=cfg.seed + self.dist.rank)
         # 3) model: the same init on every rank, then per-rank randomness (dropout, router noise)
         set_seed(cfg.seed)
-        self.raw_model = DeepSeekModel(model_cfg).to(self.device)
+        self.raw_model = DeepSeekModel(model_cfg)
+        # expert parallelism: keep this rank's experts (before moving: the device holds only the shard)
+        self.experts = ExpertSharding(self.raw_model, split_decay) if expert_parallel else None
+        self.raw_model.to(self.device)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
-        if self.dist.enabled:
-            self.model = wrap_ddp(self.model, self.device, has_experts=model_cfg.ffn == "moe")
+        if self.dist.enabled:                 # DDP over the replicated weights; the sharded experts excluded
+            ignore = self.experts.ddp_ignore(self.model) if self.experts else ()
+            self.model = wrap_ddp(self.model, self.device, has_experts=model_cfg.ffn == "moe" and not self.experts,
+                                  ignore=ignore)
+        self.scaler = self.precision.make_scaler()                    # fp16 only
         # 4) optimizer, schedule horizon and bookkeeping
         self.optimizer, self.fused = make_optimizer(self.raw_model, cfg)
         self.tokens_per_step = cfg.batch_size * model_cfg.context_length * cfg.grad_accum * self.dist.world_size
@@ -374,7 +409,7 @@ class Trainer:
                 try:
                     row = train_step(self.model, self.optimizer, self.batches, cfg, lr=self.schedule.lr(self.step),
                                      device=self.device, dist_info=self.dist, autocast=self._autocast,
-                                     scaler=self.scaler)
+                                     scaler=self.scaler, experts=self.experts)
                 except NonFiniteLossError as err:
                     raise err.at(self.step + 1, *self.checkpoints.roll_back(self.step)) from None
                 self.step, steps_done = self.step + 1, steps_done + 1
@@ -410,17 +445,23 @@ class Trainer:
             self._evaluate_and_keep_best()
         if saved_at != self.step:
             self.save_latest()
-        if self.val_ids is None and self.dist.is_main:
+        if self.val_ids is None and (self.dist.is_main or self.experts):
             self._save_best(None)              # no val split: the final weights are the "best" we know
         if not self.cfg.sample_every or self.step % self.cfg.sample_every:
             self.sample()
 
     # --- evaluation, samples, checkpoints -------------------------------------------------------------
+    def evaluate(self, max_batches: int | None) -> dict | None:
+        """`evaluate` on the validation split: rank 0 alone (the others go on), or under expert parallelism
+        every rank on its share of the batches (every forward is a collective); None where not evaluated."""
+        if self.val_ids is None or not (self.dist.is_main or self.experts):
+            return None
+        return evaluate(self.raw_model, self.val_ids, batch_size=self.cfg.batch_size,
+                        context_length=self.model_cfg.context_length, max_batches=max_batches,
+                        device=self.device, autocast=self._autocast, split_over=self.dist if self.experts else None)
+
     def _evaluate_and_keep_best(self) -> int:
-        if self.dist.is_main and self.val_ids is not None:    # only rank 0 evaluates; the others go on
-            result = evaluate(self.raw_model, self.val_ids, batch_size=self.cfg.batch_size,
-                              context_length=self.model_cfg.context_length, max_batches=self.cfg.eval_batches,
-                              device=self.device, autocast=self._autocast)
+        if (result := self.evaluate(self.cfg.eval_batches)) is not None:
             self.last_val_loss = result["val_loss"]
             if improved := result["val_loss"] < self.best_val_loss:
                 self.best_val_loss = result["val_loss"]
@@ -434,19 +475,22 @@ class Trainer:
         (the evaluations during training cover the first `eval_batches` batches only). Logged as a row of
         kind 'eval_whole' (metrics.jsonl, TensorBoard `eval_whole/val_loss`) and written into best_model.*
         as `trainer.whole_val_loss` (of the best weights: when the best checkpoint is an earlier step, its
-        weights are evaluated too). None on ranks other than 0 or without a validation split."""
-        if not self.dist.is_main or self.val_ids is None:
+        weights are evaluated too). None on ranks other than 0 or without a validation split. Under expert
+        parallelism every rank must call it: each rank evaluates its share (every forward is a collective)."""
+        if self.val_ids is None or not (self.dist.is_main or self.experts):
             return None
         context = self.model_cfg.context_length
         n_tokens = (len(self.val_ids) - 1) // context * context
         self.log.say(f"evaluating the final model on the whole validation split ({n_tokens:,} tokens)...")
 
-        def whole(model) -> dict:
+        def whole(model, split_over: DistInfo | None = None) -> dict:
             return evaluate(model, self.val_ids, batch_size=self.cfg.batch_size, context_length=context,
-                            max_batches=None, device=self.device, autocast=self._autocast,
+                            max_batches=None, device=self.device, autocast=self._autocast, split_over=split_over,
                             progress=None if self.cfg.quiet else "whole validation split")
 
-        result = whole(self.raw_model) | {"val_tokens": n_tokens}
+        result = whole(self.raw_model, self.dist if self.experts else None) | {"val_tokens": n_tokens}
+        if not self.dist.is_main:
+            return None
         self.log.record({"kind": "eval_whole", "step": self.step, "epoch": round(self.epoch, 5), **result})
         best = self.checkpoints.out_dir and self.checkpoints.out_dir / "best_model.pt"
         if best and best.is_file():
@@ -465,13 +509,17 @@ class Trainer:
         return result
 
     def sample(self) -> list[dict]:
-        """Continue each of cfg.sample_prompts (a warning, never an error, if that fails)."""
-        if not self.dist.is_main or not self.cfg.sample_prompts or not self.cfg.sample_tokens:
+        """Continue each of cfg.sample_prompts (a warning, never an error, if that fails). Under expert
+        parallelism every rank samples the same prompts with the same seed (each forward is a collective, and
+        equal inputs give equal tokens, so the ranks stop together); rank 0 keeps the result."""
+        if not (self.dist.is_main or self.experts) or not self.cfg.sample_prompts or not self.cfg.sample_tokens:
             return []
         try:
             results = sample_texts(self.raw_model, self.cfg.sample_prompts, self.cfg.sample_tokens, self.cfg.seed)
         except Exception as err:                              # e.g. no tokenizer: warn, keep training
             self.log.say(f"warning: samples skipped, tokenizer unavailable: {err}")
+            return []
+        if not self.dist.is_main:
             return []
         self.samples.append({"step": self.step, "samples": results})
         self.log.sample_row({"kind": "sample", "step": self.step, "samples": results})
@@ -480,14 +528,27 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything latest.pt holds. Collective under DDP: each rank's RNG and sampler are gathered."""
         per_rank = gather_objects((ckpt_io.capture_rng(), self.batches.state_dict()), self.dist)
-        ckpt = ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind="latest", train_config=self.cfg.to_dict(),
-                                       optimizer=self.optimizer, rng=[rng for rng, _ in per_rank],
-                                       data=[data for _, data in per_rank], trainer=self._progress())
+        ckpt = self._checkpoint("latest", optimizer=self.optimizer, rng=[rng for rng, _ in per_rank],
+                                data=[data for _, data in per_rank], trainer=self._progress())
         return ckpt | ({"grad_scaler": self.scaler.state_dict()} if self.scaler else {})
+
+    def _checkpoint(self, kind: str, optimizer=None, **fields) -> dict:
+        """`make_checkpoint` of this run. Under expert parallelism a collective: the experts and their AdamW
+        state are gathered to rank 0 in the one-process format (elsewhere 'model'/'optimizer' are None)."""
+        ckpt = ckpt_io.make_checkpoint(self.raw_model, step=self.step, kind=kind, train_config=self.cfg.to_dict(),
+                                       optimizer=None if self.experts else optimizer, **fields)
+        if self.experts:
+            ckpt["model"] = self.experts.full_model_state(ckpt["model"])
+            if optimizer is not None:
+                ckpt["optimizer"] = self.experts.full_optimizer_state(optimizer)
+        return ckpt
 
     def load_state_dict(self, ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
         """Continue from a latest.pt; the current TrainConfig's lr and budgets win."""
         check_resumable(ckpt, path)
+        if self.experts:                 # one-process format in the file: take this rank's experts
+            ckpt = ckpt | {"model": self.experts.local_model_state(ckpt["model"]),
+                           "optimizer": self.experts.local_optimizer_state(ckpt["optimizer"])}
         ckpt_io.load_model_state(self.raw_model, ckpt, path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("grad_scaler"):              # fp16: the loss scale goes on
@@ -519,10 +580,8 @@ class Trainer:
         return self.checkpoints.last_saved
 
     def _save_best(self, val_loss: float | None) -> None:
-        if self.checkpoints.out_dir:
-            self.checkpoints.save_best(ckpt_io.make_checkpoint(
-                self.raw_model, step=self.step, kind="best", train_config=self.cfg.to_dict(),
-                trainer=self._progress() | {"val_loss": val_loss}))
+        if self.checkpoints.out_dir or (self.experts and self.out_dir):    # expert parallel: every rank gathers
+            self.checkpoints.save_best(self._checkpoint("best", trainer=self._progress() | {"val_loss": val_loss}))
 
     def close(self) -> None:                                  # leave the process group if we joined it
         close_distributed(self.dist)

@@ -65,15 +65,18 @@ def close_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
-def wrap_ddp(model: nn.Module, device: torch.device, has_experts: bool) -> nn.Module:
+def wrap_ddp(model: nn.Module, device: torch.device, has_experts: bool, ignore: list[str] | tuple = ()) -> nn.Module:
     """DistributedDataParallel with the two settings an MoE model needs.
 
     find_unused_parameters: an expert that got no token this micro-batch has no gradient (DDP may
     warn once that it found none: that is luck, not a guarantee). No buffer sync per forward: the
     only changing buffers are router biases, and every rank applies the same all-reduced update, so
-    they stay equal by construction.
+    they stay equal by construction. `ignore`: names of parameters DDP must neither broadcast at the
+    start nor average (expert parallelism's sharded experts, training/expert_parallel.py).
     """
     ddp = nn.parallel.DistributedDataParallel
+    if ignore:
+        ddp._set_params_and_buffers_to_ignore_for_model(model, list(ignore))
     no_sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
                   else "broadcast_buffers")                  # renamed in recent torch
     ids = [device.index] if device.type == "cuda" else None
