@@ -223,8 +223,8 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
         mine = ((batch, 1.0) for batch in batches)
     if progress:                                          # a console bar, on a terminal only
         n_batches = -(-((len(val_ids) - 1) // context_length) // batch_size)
-        total = min(n_batches, max_batches or n_batches)
-        mine = tqdm(mine, total=total if split_over is None or not split_over.enabled else None, desc=progress,
+        shown = min(n_batches, max_batches or n_batches)
+        mine = tqdm(mine, total=shown if split_over is None or not split_over.enabled else None, desc=progress,
                     unit="batch", leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
     try:
         for (x, y), weight in mine:
