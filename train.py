@@ -29,8 +29,8 @@ from common.cli import CommandLine, UsageError, field_types, parse_value
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
 from data import prepare_data
-from trainer import NonFiniteLossError, TrainConfig, Trainer
-from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+from trainer import NonFiniteLossError, TrainConfig, Trainer, check_resumable
+from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint, train_config_from_checkpoint
 from training.distributed import init_distributed
 from training.memory import keep_freed_memory_in_heap
 from training.precision import choose_precision
@@ -135,10 +135,11 @@ def resolve_configs(args) -> tuple[ModelConfig, TrainConfig, dict | None]:
         try:
             resumed = load_checkpoint(path)
             saved_cfg = config_from_checkpoint(resumed, path)
+            base_train = train_config_from_checkpoint(resumed, path)
+            check_resumable(resumed, path)
         except CheckpointError as err:
             raise UsageError(f"--resume: {err}") from None
         base_model = PRESETS[args.preset] if args.preset else saved_cfg
-        base_train = TrainConfig.from_dict(resumed["train_config"])
     else:
         base_model = PRESETS[args.preset or DEFAULT_PRESET]
         base_train = TrainConfig(max_steps=None, time_budget_min=DEFAULT_TIME_BUDGET_MIN)
