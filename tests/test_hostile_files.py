@@ -95,3 +95,45 @@ def test_load_model_checks_every_field_before_building(case, run_folder, tmp_pat
     with pytest.raises(CheckpointError, match=phrase) as info:
         load_model(tmp_path / "bad.pt")
     assert "\n" not in str(info.value)
+
+
+# --- hangs: a one-line corpus splits in linear time; a FIFO is refused before it is opened ------------------------
+
+def test_one_document_split_is_the_same_cut_as_before_and_linear():
+    import random
+    import time
+
+    from data.split import _positions, _split_one
+
+    def slow(text, val_fraction):          # the old rule: strip both halves at every candidate
+        target = round(len(text) * (1.0 - val_fraction))
+        for boundary in ("\n\n", "\n", " "):
+            cuts = [i for i in _positions(text, boundary) if text[:i].strip() and text[i:].strip()]
+            if cuts:
+                cut = min(cuts, key=lambda i: abs(i - target))
+                return text[:cut].rstrip(), text[cut:].lstrip()
+        cut = min(max(target, 1), len(text) - 1)
+        return text[:cut], text[cut:]
+
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice(["a", "b", " ", "\n", "\n\n", "\t"]) for _ in range(rng.randint(2, 30)))
+        for fraction in (0.1, 0.5, 0.9):
+            assert _split_one(text, fraction) == slow(text, fraction), (text, fraction)
+    line = " ".join(rng.choice(["essay", "word", "a"]) for _ in range(1_000_000))   # ~6 MB, one line
+    start = time.perf_counter()
+    train_text, val_text = _split_one(line, 0.1)
+    assert time.perf_counter() - start < 20            # quadratic: 400k words took 57 s
+    assert train_text and val_text and len(train_text) + len(val_text) + 1 == len(line)
+
+
+def test_a_fifo_as_data_is_refused_without_opening_it(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "essays.txt"
+    os.mkfifo(fifo)                                    # opening it for reading would block until a writer came
+    code = train.main([*TRAIN, "--data", str(fifo), "--cache-dir", str(tmp_path / "cache"), "--out",
+                       str(tmp_path / "run"), "--max-steps", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a regular file" in err[0], err
+    assert not (tmp_path / "run").exists()             # the folder it created is gone again
