@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from common.cli import CommandLine, UsageError, field_types, parse_value
+from common.cli import CommandLine, UsageError, field_types, parse_value, path_arg
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
 from data import prepare_data
@@ -60,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
                "Examples: --set top_k=1  --set attention=mha  --set warmup_steps=50  --set q_latent_dim=None")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help=f"model size (default {DEFAULT_PRESET}; on --resume, the checkpoint's)")
-    p.add_argument("--data", metavar="PATH",
+    p.add_argument("--data", metavar="PATH", type=path_arg,
                    help=f"essays: CSV/Parquet/JSONL with a text column, a .txt file or a folder of .txt files "
                         f"(default: ${DATA_ENV_VAR}, then the local cache, the Hub, the bundled sample)")
-    p.add_argument("--cache-dir", metavar="DIR", help="token cache directory (default data/cache)")
-    p.add_argument("--out", metavar="DIR", help="checkpoints and metrics.jsonl go here (default checkpoints)")
+    p.add_argument("--cache-dir", metavar="DIR", type=path_arg, help="token cache directory (default data/cache)")
+    p.add_argument("--out", metavar="DIR", type=path_arg,
+                   help="checkpoints and metrics.jsonl go here (default checkpoints)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (see Budgets below)")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the training tokens (default: no limit)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig or TrainConfig field, typed by the field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    p.add_argument("--tensorboard", metavar="DIR",
+    p.add_argument("--tensorboard", metavar="DIR", type=path_arg,
                    help="also log the metrics as TensorBoard events to DIR (needs: pip install -e \".[tensorboard]\")")
     return p
 

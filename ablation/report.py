@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from common.cli import CommandLine
+from common.cli import CommandLine, path_arg
 from figures import plotting
 
 
@@ -295,7 +295,7 @@ def fill_tables(doc: Path, results_root: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = CommandLine(prog="python -m ablation report", description="Markdown table and plots from ablation records")
     p.add_argument("dirs", nargs="+", help="folders holding the harness's JSON records")
-    p.add_argument("--out", help="where report.md and the PNGs go (default: the first folder)")
+    p.add_argument("--out", type=path_arg, help="where report.md and the PNGs go (default: the first folder)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--fill", metavar="DOC", help="instead: rewrite the '<!-- table: STUDY -->' blocks of DOC "
                    "from the study folders under the one folder given")

@@ -137,3 +137,55 @@ def test_a_fifo_as_data_is_refused_without_opening_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not a regular file" in err[0], err
     assert not (tmp_path / "run").exists()             # the folder it created is gone again
+
+
+# --- silent results: an empty path, a zero context, a PNG in a .txt, a cache holding foreign ids --------------
+
+@pytest.mark.parametrize("flag", ["--out", "--data", "--cache-dir", "--tensorboard"])
+def test_train_refuses_an_empty_path_instead_of_using_the_default(flag, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        train.main(["--preset", "tiny", flag, ""])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "empty path" in err[0] and flag in err[0], err
+    assert list(tmp_path.iterdir()) == []                      # no ./checkpoints
+
+
+def test_ablation_context_length_0_is_refused_not_the_preset(capsys):
+    from ablation.run import main as ablation_main
+
+    assert ablation_main(["--tokens", "1000", "--context-length", "0", "--out", "never"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--context-length 0" in err[0], err
+
+
+def test_plot_writes_the_format_its_suffix_names_and_refuses_a_txt(run_folder, tmp_path, capsys):
+    from figures.plotting import plot_cli
+
+    _, out = run_folder
+    assert plot_cli(["plot", str(out), "--out", str(tmp_path / "m.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ".txt names no image format" in err[0] and ".png" in err[0], err
+    assert not (tmp_path / "m.txt").exists()
+    assert plot_cli(["plot", str(out), "--out", str(tmp_path / "m.svg")]) == 0
+    assert b"<svg" in (tmp_path / "m.svg").read_bytes()[:2000]
+    assert plot_cli(["plot", str(out), "--out", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_token_cache_with_ids_outside_the_vocabulary_is_rebuilt(tmp_path):
+    import numpy as np
+
+    from data import prepare_data
+
+    corpus = write_corpus(tmp_path / "corpus", n_essays=4, words_per_essay=100)
+    first = prepare_data(str(corpus), cache_dir=tmp_path / "cache", quiet=True)
+    [cached] = list((tmp_path / "cache").glob("tokens-*-train.npy"))
+    ids = np.load(cached)
+    ids[3] = 60000                                              # no GPT-2 token has this id
+    np.save(cached, ids)
+    with pytest.warns(UserWarning, match="outside the tokenizer"):
+        again = prepare_data(str(corpus), cache_dir=tmp_path / "cache", quiet=True)
+    assert np.array_equal(again.train_ids, first.train_ids) and int(again.train_ids.max()) < 50257
+    assert int(np.load(cached).max()) < 50257                   # the rebuilt entry replaced the bad one
