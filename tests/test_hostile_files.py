@@ -189,3 +189,55 @@ def test_a_token_cache_with_ids_outside_the_vocabulary_is_rebuilt(tmp_path):
         again = prepare_data(str(corpus), cache_dir=tmp_path / "cache", quiet=True)
     assert np.array_equal(again.train_ids, first.train_ids) and int(again.train_ids.max()) < 50257
     assert int(np.load(cached).max()) < 50257                   # the rebuilt entry replaced the bad one
+
+
+# --- unbounded work and memory: estimated before allocation, or chunked ---------------------------------------
+
+def test_build_memory_counts_the_rope_tables_and_refuses_a_huge_context(run_folder, tmp_path, monkeypatch):
+    import dataclasses
+
+    from components.config import ModelConfig
+    from components.deepseek_model import DeepSeekModel
+    from constants import TINY
+    from utils import build_memory_bytes
+
+    for cfg in (TINY, dataclasses.replace(TINY, attention="mha"), dataclasses.replace(TINY, context_length=4096)):
+        model = DeepSeekModel(cfg)
+        held = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        assert held <= build_memory_bytes(cfg) <= held * 1.05       # the tables are counted, nothing much more
+    _, out = run_folder
+    ckpt = load_checkpoint(out / "latest.pt")
+    ckpt["model_config"]["context_length"] = 10**9                  # few weights, 10**9-row RoPE tables
+    atomic_save(ckpt, tmp_path / "long.pt")
+    big = build_memory_bytes(ModelConfig.from_dict(ckpt["model_config"]))
+    monkeypatch.setattr("training.checkpoint.available_memory", lambda: big - 1)
+    with pytest.raises(CheckpointError, match="GiB of memory"):
+        load_model(tmp_path / "long.pt")
+
+
+def test_train_refuses_a_batch_whose_step_cannot_fit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    assert train.main(["--preset", "tiny", "--batch-size", "1000000000", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-size 1000000000" in err[0] and "GiB" in err[0], err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_long_prompts_file_runs_in_bounded_batches(run_folder, tmp_path, monkeypatch, capsys):
+    import inference
+
+    _, out = run_folder
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {i}\n" for i in range(70)))
+    sizes, real = [], inference.complete_batch
+
+    def spy(model, tokenizer, chunk, *args, **kwargs):
+        sizes.append(len(chunk))
+        return real(model, tokenizer, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "complete_batch", spy)
+    assert inference.main(["--model_path", str(out / "latest.pt"), "--prompts_file", str(prompts),
+                           "--max_new_tokens", "1", "--temperature", "0"]) == 0
+    assert sizes == [32, 32, 6]
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--- prompt ")]
+    assert headers == [f"--- prompt {i}/70 ---" for i in range(1, 71)]

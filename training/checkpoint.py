@@ -47,7 +47,7 @@ from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
 from training.config import TrainConfig
 from training.memory import available_memory
-from utils import parameter_count_from_config, tokenizer_identity
+from utils import build_memory_bytes, parameter_count_from_config, tokenizer_identity
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "kind", "model", "model_config", "step")
@@ -412,7 +412,7 @@ def check_size(cfg: ModelConfig, ckpt: dict, path: str | os.PathLike = "checkpoi
         raise CheckpointError(f"{path}: its config describes a model of {expected:,} parameters, but the file holds "
                               f"only {present:,} weights; the config and the weights do not belong together (an "
                               "edited or damaged file): use a checkpoint written by train.py / Trainer")
-    needed, free = 4 * expected, available_memory()                   # the model is built in fp32 first
+    needed, free = build_memory_bytes(cfg), available_memory()    # fp32 weights and the RoPE tables
     if free is not None and needed > free:
         raise CheckpointError(f"{path}: building its model needs about {needed / 2**30:.1f} GiB of memory, only "
                               f"{free / 2**30:.1f} GiB are available; free memory or use a machine with more")
