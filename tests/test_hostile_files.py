@@ -241,3 +241,76 @@ def test_a_long_prompts_file_runs_in_bounded_batches(run_folder, tmp_path, monke
     assert sizes == [32, 32, 6]
     headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--- prompt ")]
     assert headers == [f"--- prompt {i}/70 ---" for i in range(1, 71)]
+
+
+# --- records and notebooks: one line naming the file and what is wrong ----------------------------------------
+
+RECORD_CASES = {
+    "a record missing a field": (lambda r: r.pop("budget"), "has no 'budget'"),
+    "a string loss": (lambda r: r.update(final_val_loss="low"), "'final_val_loss' is 'low'"),
+    "a NaN loss": (lambda r: r.update(final_val_loss=float("nan")), "'final_val_loss' is nan"),
+    "expert load of the wrong length": (lambda r: r["expert_load"]["final_max_ratio"].append(1.0), "'expert_load'"),
+    "params a list": (lambda r: r.update(params=[1, 2]), "'params' is a list"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORD_CASES))
+def test_ablation_report_on_a_hostile_record_is_one_line(case, tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from ablation.report import main as report_main
+
+    source = sorted(Path("docs/results/balancing").glob("*.json"))[0]
+    record = json.loads(source.read_text())
+    edit, phrase = RECORD_CASES[case]
+    edit(record)
+    (tmp_path / "r.json").write_text(json.dumps(record))
+    assert report_main([str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "r.json" in err[0] and phrase in err[0], err
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_ablation_report_skips_a_folder_named_like_a_record(tmp_path, capsys):
+    from pathlib import Path
+
+    from ablation.report import main as report_main
+
+    for source in sorted(Path("docs/results/balancing").glob("*.json")):
+        shutil.copy(source, tmp_path / source.name)
+    (tmp_path / "r.json").mkdir()
+    assert report_main([str(tmp_path), "--no-plots"]) == 0
+    assert "r.json is not a file; skipped" in capsys.readouterr().err
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_run_notebooks_reports_a_bad_notebook_a_raising_cell_and_a_timeout_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    def notebook(name, *sources):
+        nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, tmp_path / name)
+        return tmp_path / name
+
+    (tmp_path / "text.ipynb").write_text("{not json")
+    cases = {notebook("raises.ipynb", "x = 1", "raise ValueError('boom')"): "cell 2 raised ValueError: boom",
+             notebook("slow.ipynb", "import time; time.sleep(60)"): "cell 1 ran longer than --timeout 2 s",
+             tmp_path / "text.ipynb": "is not a Jupyter notebook"}
+    for path, phrase in cases.items():
+        before = path.read_bytes()
+        result = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--timeout", "2", str(path)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout, result.stderr
+        assert result.stderr.strip().splitlines() == [f"run_notebooks.py: error: {result.stderr.split(': error: ')[1]}"
+                                                      .strip()] and phrase in result.stderr, result.stderr
+        assert path.read_bytes() == before                          # the committed outputs stay
+    fine = notebook("fine.ipynb", "print(6 * 7)")
+    result = subprocess.run([sys.executable, "scripts/run_notebooks.py", str(fine)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "42" in str(nbformat.read(fine, as_version=4).cells[0].outputs), result.stderr
