@@ -216,6 +216,20 @@ def check_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
                          "--grad-accum to keep the tokens per step) or pick a smaller model")
 
 
+def check_tensorboard_dir(log_dir: str) -> None:
+    """--tensorboard must name a folder that exists or can be created there: a file or an unwritable place
+    is its own one-line error here, not a failed write blamed on --out after training has started."""
+    path = Path(log_dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--tensorboard {log_dir} is a file, not a folder; pass a folder for the event files "
+                         "(it is created if missing)")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--tensorboard {log_dir}: cannot write there ({existing} is "
+                         f"{'not a folder' if not existing.is_dir() else 'not writable'}); choose a folder you can "
+                         "write to")
+
+
 def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
     """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one
     (overwrite=None: only the first check, before the folder is locked)."""
@@ -289,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(train_cfg.out_dir, resumed is not None, overwrite=None)
         if args.tensorboard:
             TensorBoardLog.check_available()
+            check_tensorboard_dir(args.tensorboard)
         # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists.
         # The lock comes first: another run busy in the folder is the first thing to hear about.
         lock = claim_out_dir(train_cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
@@ -335,7 +350,12 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
     try:
         trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None)
         if args.tensorboard and trainer.dist.is_main:
-            trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
+            try:
+                trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
+            except OSError as err:                       # not a write to --out: say which folder failed
+                print(f"train.py: error: --tensorboard {args.tensorboard}: cannot write the event files "
+                      f"({err.strerror or err}); choose a folder you can write to", file=sys.stderr)
+                return 2
             say(f"TensorBoard events: {args.tensorboard} (view them with: tensorboard --logdir {args.tensorboard})")
         model = trainer.raw_model
         say(f"parameters: {count_parameters(model):,} total, {count_active_parameters(model):,} active per token | "

@@ -314,3 +314,37 @@ def test_run_notebooks_reports_a_bad_notebook_a_raising_cell_and_a_timeout_in_on
     result = subprocess.run([sys.executable, "scripts/run_notebooks.py", str(fine)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "42" in str(nbformat.read(fine, as_version=4).cells[0].outputs), result.stderr
+
+
+# --- messages that blame the right thing ------------------------------------------------------------------------
+
+def test_tensorboard_naming_a_file_blames_tensorboard_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    events = tmp_path / "events.txt"
+    events.write_text("mine")
+    assert train.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--tensorboard", str(events)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--tensorboard {events} is a file" in err[0] and "--out" not in err[0], err
+    assert events.read_text() == "mine" and not (tmp_path / "run").exists()
+
+
+class _System:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo the payload ran",))
+
+
+def test_a_plain_pickle_is_named_for_what_it_is_not_called_corrupt(tmp_path):
+    import pickle
+
+    evil, plain = tmp_path / "evil.pt", tmp_path / "plain.pt"
+    evil.write_bytes(pickle.dumps({"payload": _System()}, protocol=4))
+    plain.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(evil)
+    message = str(info.value)
+    assert message.startswith(f"refused to load {evil} as unsafe") and "posix.system" in message
+    assert "not a checkpoint this project wrote" in message and "corrupt" not in message
+    with pytest.raises(CheckpointError, match="plain Python pickle .* not a checkpoint this project wrote"):
+        load_checkpoint(plain)

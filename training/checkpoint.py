@@ -31,6 +31,7 @@ import errno
 import json
 import math
 import os
+import pickletools
 import random
 import re
 from contextlib import suppress
@@ -185,6 +186,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes; a copy or save was cut short); "
                               "use another checkpoint (latest.pt / best_model.pt) or retrain")
+    if (foreign := _describe_plain_pickle(path)) is not None:
+        raise CheckpointError(foreign)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # every failure becomes one clear line
@@ -264,9 +267,9 @@ FIELDS = {
     "model_config": ("a dict of ModelConfig fields", lambda v: isinstance(v, dict), True),
     "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0, True),
     "train_config": ("None or a dict of TrainConfig fields", lambda v: v is None or isinstance(v, dict), False),
-    "tokenizer": ("None or a dict with a string name and encoder_sha256",
+    "tokenizer": ("None or a dict with a string name (and encoder_sha256 a string or None)",
                   lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str)
-                                          and isinstance(v.get("encoder_sha256"), str)), False),
+                                          and isinstance(v.get("encoder_sha256"), (str, type(None)))), False),
     "torch_version": ("a string", lambda v: isinstance(v, str), False),
     "trainer": ("a dict of numbers (best_val_loss, ...)", _trainer_stats, False),
     "optimizer": ("an optimizer state_dict (state, param_groups of numbers)", _optimizer_state, False),
@@ -301,6 +304,34 @@ def check_fields(ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
             raise bad("train_config", "a dict of TrainConfig fields (a 'latest' checkpoint resumes with it)")
         if "data" in ckpt and len(ckpt.get("rng", [])) != len(ckpt["data"]):
             raise bad("rng", f"one RNG state per process ({len(ckpt['data'])}, as in 'data')")
+
+
+def _describe_plain_pickle(path: Path) -> str | None:
+    """The one-line error for a file that is a plain pickle (pickle.dump, an old torch.save format), not the
+    zip archive torch.save writes (and this project always writes); None for anything else. The pickle's
+    opcodes are only listed (pickletools), never executed, to name the code it would call."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+        if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:         # pickle's PROTO opcode
+            return None
+        handle.seek(0)
+        calls, strings = [], []
+        try:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name == "GLOBAL":
+                    calls.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    calls.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:          # not a well-formed pickle after all: torch.load's error says corrupt
+            return None
+    if calls:
+        return (f"refused to load {path} as unsafe: it is a plain Python pickle, not a checkpoint this project wrote "
+                f"(torch.save zip files of tensors and plain data), and it calls {', '.join(sorted(set(calls))[:3])}, "
+                "code that loading with weights_only=True refuses to run; pass a .pt file saved by train.py / Trainer")
+    return (f"{path} is a plain Python pickle (pickle.dump or an old torch.save format), not a checkpoint this project "
+            "wrote (torch.save zip files); pass a .pt file saved by train.py / Trainer")
 
 
 def _describe_load_failure(path: Path, err: Exception) -> str:
