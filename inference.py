@@ -335,8 +335,9 @@ def read_prompts(args) -> list[str] | None:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         path = Path(args.prompts_file)
-        if path.exists() and not path.is_file():                 # a FIFO would block, a folder is no text
-            raise ValueError(f"--prompts_file {path}: not a regular file; pass a text file, one prompt per line")
+        if path.exists() and not path.is_file() and not path.is_dir():     # reading a FIFO would block
+            raise ValueError(f"--prompts_file {path}: not a regular file (a pipe, socket or device); pass a text "
+                             "file, one prompt per line")
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as err:

@@ -238,6 +238,10 @@ def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
         raise UsageError(f"--out {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
     if overwrite is None:
         return
+    links = [name for name in EARLIER_RUN_FILES if (out / name).is_symlink()]
+    if links:                           # this run never writes through a link it did not create
+        raise UsageError(f"--out {out_dir}: {', '.join(links)} is a symbolic link, which a run never writes "
+                         "through; remove it (or choose another --out)")
     earlier = [name for name in EARLIER_RUN_FILES if (out / name).exists()]
     if earlier and not resumed and not overwrite:
         raise UsageError(f"--out {out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume to continue "

@@ -348,3 +348,73 @@ def test_a_plain_pickle_is_named_for_what_it_is_not_called_corrupt(tmp_path):
     assert "not a checkpoint this project wrote" in message and "corrupt" not in message
     with pytest.raises(CheckpointError, match="plain Python pickle .* not a checkpoint this project wrote"):
         load_checkpoint(plain)
+
+
+# --- no writer follows a symlink it did not create --------------------------------------------------------------
+
+def _plant(link, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim)
+    return victim
+
+
+def test_a_checkpoint_save_replaces_a_planted_symlink_and_leaves_its_target(tmp_path):
+    from training_helpers import tiny_cfg
+
+    from components.deepseek_model import DeepSeekModel
+    from training.checkpoint import make_checkpoint
+
+    victim = _plant(tmp_path / "run" / "latest.pt", tmp_path)
+    atomic_save(make_checkpoint(DeepSeekModel(tiny_cfg()), step=0, kind="best"), tmp_path / "run" / "latest.pt")
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "run" / "latest.pt").is_symlink() and load_checkpoint(tmp_path / "run" / "latest.pt")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_metrics_jsonl_is_never_written_through_a_symlink(fresh, tmp_path):
+    from training.run_log import RunLog
+
+    victim = _plant(tmp_path / "metrics.jsonl", tmp_path)
+    log = RunLog(tmp_path / "metrics.jsonl", quiet=True, fresh=fresh)
+    with pytest.raises(OSError, match="symbolic link"):
+        log.record({"kind": "train", "step": 1})
+    log.keep_until(0)                            # the rewrite after a resume replaces the link instead
+    assert victim.read_text() == "precious" and not (tmp_path / "metrics.jsonl").is_symlink()
+
+
+@pytest.mark.parametrize("name", ["latest.pt", "best_model.pt", "metrics.jsonl"])
+def test_train_refuses_an_out_folder_with_a_planted_symlink(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("train.prepare_data", lambda *a, **k: pytest.fail("data prepared before the check"))
+    victim = _plant(tmp_path / "run" / name, tmp_path)
+    assert train.main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{name} is a symbolic link" in err[0], err
+    assert victim.read_text() == "precious" and (tmp_path / "run" / name).is_symlink()
+
+
+def test_the_hf_export_replaces_planted_symlinks(run_folder, tmp_path):
+    from hugging_face.__main__ import main as hf_main
+
+    _, out = run_folder
+    victims = []
+    for name in ("config.json", "model.safetensors", "README.md"):
+        (tmp_path / name).mkdir()                        # a victim of its own per link
+        victims.append(_plant(tmp_path / "hf" / name, tmp_path / name))
+    assert hf_main(["to-hf", str(out / "latest.pt"), str(tmp_path / "hf"), "--force"]) == 0
+    assert all(v.read_text() == "precious" for v in victims)
+    assert not any((tmp_path / "hf" / n).is_symlink() for n in ("config.json", "model.safetensors", "README.md"))
+
+
+def test_the_release_refuses_an_out_dir_that_is_a_symlink(tmp_path, capsys):
+    from exercises.release import main as release_main
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "release").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for link in ("release", "dangling"):
+        with pytest.raises(SystemExit) as info:
+            release_main([str(tmp_path / link)])
+        assert info.value.code == 2 and "is a symbolic link" in capsys.readouterr().err
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and not (tmp_path / "nowhere").exists()
