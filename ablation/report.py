@@ -30,10 +30,11 @@ from common.cli import CommandLine, path_arg
 from figures import plotting
 
 
-def load_records(dirs) -> list[dict]:
+def load_records(dirs, header: bool = False) -> list[dict]:
     """Every record in the folders, in run order (study, then the order the harness ran them). A *.json that
     is not a file or not JSON is skipped with a warning; a record (a JSON object with a 'key') whose fields
-    are not what the harness writes is a RecordError naming the file and the field."""
+    are not what the harness writes is a RecordError naming the file and the field (header: also the fields
+    report.md's header reads)."""
     records = []
     for d in dirs:
         for path in sorted(Path(d).glob("*.json")):
@@ -47,6 +48,8 @@ def load_records(dirs) -> list[dict]:
                 continue
             if isinstance(record, dict) and "key" in record:
                 check_record(record, path)
+                if header:
+                    check_record(record, path, HEADER_FIELDS)
                 records.append(record)
     return sorted(records, key=lambda r: (r["study"], r.get("order", 0), r["name"], r["seed"]))
 
@@ -103,6 +106,11 @@ RECORD_FIELDS = {
     "model_config": ("an object with ffn, n_routed_experts and top_k",
                      _fields(ffn=lambda v: isinstance(v, str), n_routed_experts=_integer,
                              top_k=lambda v: _integer(v) and v > 0)),
+    "budget": ("an object with an integer tokens", _fields(tokens=_integer)),
+    "expert_load": ("None or per-layer lists of numbers", _expert_load),
+}
+# and what report.md's header reads besides (fill_tables' tables do not)
+HEADER_FIELDS = {
     "budget": ("an object with the integers tokens, steps, tokens_per_step",
                _fields(tokens=_integer, steps=_integer, tokens_per_step=_integer)),
     "code_version": ("a string or an object with commit and dirty",
@@ -110,12 +118,11 @@ RECORD_FIELDS = {
                                                             dirty=lambda d: isinstance(d, bool))(v)),
     "machine": ("an object with device, dtype, threads and torch",
                 lambda v: isinstance(v, dict) and all(k in v for k in ("device", "dtype", "threads", "torch"))),
-    "expert_load": ("None or per-layer lists of numbers", _expert_load),
 }
 
 
-def check_record(record: dict, path) -> None:
-    for field, (expected, test) in RECORD_FIELDS.items():
+def check_record(record: dict, path, rules: dict = RECORD_FIELDS) -> None:
+    for field, (expected, test) in rules.items():
         if field not in record and field not in ("order", "expert_load", "best_val_loss"):
             raise RecordError(f"{path}: the record has no '{field}'; re-run it with python -m ablation, or move "
                               "the file out of the folder")
@@ -316,7 +323,7 @@ def write_report(dirs, out, plots: bool = True) -> Path:
     """report.md (+ PNGs) in `out` from the records in `dirs`; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(dirs)
+    records = load_records(dirs, header=True)
     if not records:
         raise ValueError(f"no ablation records (*.json with a 'key') in {', '.join(map(str, dirs))}")
     parts = []
