@@ -23,7 +23,6 @@ import warnings
 from dataclasses import fields, replace
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from common.cli import CommandLine, UsageError, field_types, parse_value, path_arg
@@ -33,11 +32,11 @@ from data import prepare_data
 from trainer import NonFiniteLossError, TrainConfig, Trainer, check_resumable
 from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint, train_config_from_checkpoint
 from training.distributed import init_distributed
-from training.memory import available_memory, keep_freed_memory_in_heap
+from training.memory import keep_freed_memory_in_heap, step_memory_problem
 from training.precision import choose_precision
 from training.run_lock import FolderLocked, RunLock
 from training.run_log import TensorBoardLog
-from utils import build_memory_bytes, count_active_parameters, count_parameters, pick_device, tokenizer_identity
+from utils import count_active_parameters, count_parameters, pick_device, tokenizer_identity
 
 DEFAULT_PRESET = "small"
 TRAIN_DEFAULTS = TrainConfig()      # the defaults the help states
@@ -198,22 +197,11 @@ def check_vocabulary(model_cfg: ModelConfig) -> None:
 
 
 def check_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """A training step must fit before anything is allocated: at least the weights with their gradients and
-    AdamW's two moments (4 fp32 copies) and one micro-batch's (batch x context, vocab) fp32 logits.
-    A lower bound (activations come on top), so what it refuses cannot run: --batch-size 1000000000 is one
-    line here, not a failed allocation (or the OOM killer) at step 1."""
-    device = pick_device(train_cfg.device)
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = available_memory()
-    logits = 4 * train_cfg.batch_size * model_cfg.context_length * model_cfg.vocab_size
-    needed = 4 * build_memory_bytes(model_cfg) + logits
-    if free is not None and needed > free:
-        raise UsageError(f"a training step needs at least {needed / 2**30:,.1f} GiB ({logits / 2**30:,.1f} GiB of "
-                         f"logits for --batch-size {train_cfg.batch_size} x context {model_cfg.context_length}), "
-                         f"only {free / 2**30:,.1f} GiB are free on {device.type}; lower --batch-size (raise "
-                         "--grad-accum to keep the tokens per step) or pick a smaller model")
+    """A training step must fit before anything is allocated (training/memory.py: a lower bound)."""
+    problem = step_memory_problem(model_cfg, train_cfg.batch_size, pick_device(train_cfg.device))
+    if problem:
+        raise UsageError(f"--batch-size {train_cfg.batch_size}: {problem}; lower --batch-size (raise --grad-accum "
+                         "to keep the tokens per step) or pick a smaller model")
 
 
 def check_tensorboard_dir(log_dir: str) -> None:

@@ -43,7 +43,8 @@ from constants import PRESETS, PROJECT_ROOT
 from data import prepare_data
 from data.sources import display_path
 from trainer import TrainConfig, Trainer
-from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token
+from training.memory import step_memory_problem
+from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token, pick_device
 
 RECORD_VERSION = 1
 SERIES_POINTS = 100           # at most this many points of each over-time series go into a record
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--data {args.data}: no such file or folder")
         out = Path(args.out or Path("runs") / "ablations" / args.study)
         check_out_folder(out)
+        check_step_memory(specs)
     except UsageError as err:
         print(f"ablation: error: {err}", file=sys.stderr)
         return 2
@@ -434,6 +436,14 @@ def check_out_folder(out: Path) -> None:
                 where = "is a file" if folder == out else f"is below {folder}, which is a file"
                 raise UsageError(f"--out {out} {where}, not a folder; pass a folder for the records")
             return
+
+
+def check_step_memory(specs: list[RunSpec]) -> None:
+    """Every run's training step must fit before the first run starts (training/memory.py: a lower bound)."""
+    for spec in specs:
+        problem = step_memory_problem(spec.model_cfg, spec.train_cfg.batch_size, pick_device(spec.train_cfg.device))
+        if problem:
+            raise UsageError(f"run '{spec.name}': {problem}; lower --batch-size or use a smaller model")
 
 
 def check_data_size(specs: list[RunSpec], data: tuple) -> None:

@@ -334,6 +334,9 @@ def later_cases(tmp: Path, train: list, infer: list, corpus: Path) -> list[Case]
     cases += [
         Case("train: --batch-size 1000000000", [*train, "--batch-size", "1000000000", "--out", str(tmp / "t24b")],
              check=both(says("GiB"), absent(tmp / "t24b"))),
+        Case("ablation: --batch-size 1000000000", ["-m", "ablation", "--tokens", "64", "--data", str(corpus),
+                                                   "--batch-size", "1000000000", "--out", str(tmp / "a24b")],
+             check=both(says("GiB"), absent(tmp / "a24b"))),
         Case("inference: context_length 10**12 (RoPE tables)", ["inference.py", "--model_path", str(long_context)],
              codes=(1,), check=says("GiB")),
         Case("from-hf: max_position_embeddings 10**12", ["-m", "hugging_face", "from-hf", str(hf),

@@ -223,6 +223,15 @@ def test_train_refuses_a_batch_whose_step_cannot_fit(tmp_path, monkeypatch, caps
     assert not (tmp_path / "r").exists()
 
 
+def test_ablation_refuses_a_batch_whose_step_cannot_fit_before_any_run(tmp_path, capsys):
+    from ablation.run import main as ablation_main
+
+    assert ablation_main(["--tokens", "64", "--batch-size", "1000000000", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run 'base': a training step needs at least" in err[0], err
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_long_prompts_file_runs_in_bounded_batches(run_folder, tmp_path, monkeypatch, capsys):
     import inference
 
