@@ -494,6 +494,12 @@ class Trainer:
         restoring = "optimizer"
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            for group in self.optimizer.param_groups:          # torch checks the group sizes, not the shapes
+                for param in group["params"]:
+                    for name, value in self.optimizer.state.get(param, {}).items():
+                        if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                            raise ValueError(f"its {name} has shape {tuple(value.shape)}, its parameter "
+                                             f"{tuple(param.shape)}")
             if self.scaler is not None and ckpt.get("grad_scaler"):              # fp16: the loss scale goes on
                 restoring = "grad_scaler"
                 self.scaler.load_state_dict(ckpt["grad_scaler"])

@@ -57,6 +57,8 @@ HOSTILE_FIELDS = {
     "optimizer a string": (_set("optimizer", "adam"), "'optimizer'"),
     "optimizer lr a string": (_set("optimizer/param_groups/0/lr", "fast"), "'optimizer'"),
     "optimizer without groups": (_set("optimizer/param_groups", []), "'optimizer'"),
+    "optimizer moments of the wrong shape": (lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+                                             "'optimizer'"),
     "scheduler a number": (_set("scheduler", 5), "'scheduler'"),
     "data a list of numbers": (_set("data", [5]), "'data'"),
     "data's generator state damaged": (_set("data/0/generator_state", torch.zeros(2, dtype=torch.uint8)), "'data'"),
