@@ -298,6 +298,8 @@ def later_cases(tmp: Path, train: list, infer: list, corpus: Path) -> list[Case]
     latest_variant("a short torch RNG state", put("rng/0/torch", torch.zeros(3, dtype=torch.uint8)), "'rng'")
     latest_variant("optimizer a string", put("optimizer", "adam"), "'optimizer'")
     latest_variant("optimizer without groups", put("optimizer/param_groups", []), "'optimizer'")
+    latest_variant("optimizer moments of the wrong shape",
+                   lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), "'optimizer'")
     latest_variant("scheduler a number", put("scheduler", 5), "'scheduler'")
     latest_variant("data a list of numbers", put("data", [5]), "'data'")
     latest_variant("step a string", put("step", "3"), "'step'")
