@@ -422,10 +422,12 @@ def later_cases(tmp: Path, train: list, infer: list, corpus: Path) -> list[Case]
     shutil.copytree(run, metrics_link)
     (metrics_link / "metrics.jsonl").unlink()
     (metrics_link / "metrics.jsonl").symlink_to(victim)
-    hf_links = tmp / "hf_links"
+    hf_links, hf_victim = tmp / "hf_links", tmp / "victim_hf" / "precious.txt"    # a victim of its own per case
     hf_links.mkdir()
+    hf_victim.parent.mkdir()
+    hf_victim.write_text("precious")
     for name in ("config.json", "model.safetensors", "README.md"):
-        (hf_links / name).symlink_to(victim)
+        (hf_links / name).symlink_to(hf_victim)
     (tmp / "release_link").symlink_to(tmp / "nowhere")
     cases += [
         Case("train: --tensorboard naming a file", [*train, "--tensorboard", str(events), "--out", str(tmp / "t24t")],
@@ -435,7 +437,7 @@ def later_cases(tmp: Path, train: list, infer: list, corpus: Path) -> list[Case]
              check=both(says("symbolic link"), unchanged(victim.parent))),
         Case("to-hf: planted symlinks in the export folder", ["-m", "hugging_face", "to-hf", str(run / "latest.pt"),
                                                               str(hf_links), "--force"], codes=(0,),
-             check=unchanged(victim.parent)),
+             check=unchanged(hf_victim.parent)),
         Case("release: OUT_DIR a dangling symlink", ["-m", "exercises", "release", str(tmp / "release_link")],
              check=both(says("symbolic link"), absent(tmp / "nowhere"))),
     ]
