@@ -3,7 +3,7 @@
     python inference.py --model_path checkpoints/best_model.pt --prompt "The best way to learn programming is" \
         --max_new_tokens 100 --temperature 0.8 --top_k 40
     python inference.py --prompt "Startups are" --prompt "The best essays" --seed 1   # one batch, two prompts
-    python inference.py --prompts-file prompts.txt     # one prompt per line, generated together as a batch
+    python inference.py --prompts-file prompts.txt     # one prompt per line, generated in batches of up to 32
     python inference.py --model_path checkpoints/best_model.pt --interactive
 
 Several prompts are decoded together as one left-padded batch (components/generation.py); with
@@ -47,6 +47,9 @@ from hugging_face.convert import load_any_model
 from utils import ENDOFTEXT, get_tokenizer, pick_device
 
 DEFAULT_MODEL_PATH = "checkpoints/best_model.pt"
+PROMPT_BATCH = 32           # prompts decoded together at most; more run in batches of this size, in order
+
+
 def parser_for(annotation):
     """The parser of a setting's values: `common.cli.parse_value` for the field's type."""
     return lambda text: parse_value(text, annotation)
@@ -142,7 +145,7 @@ def build_parser() -> CommandLine:
                         help="best_model.pt, best_model.safetensors (with its .json beside it), or a Hugging Face "
                              "DeepseekV3/V2 directory (python -m hugging_face to-hf writes one)")
     parser.add_argument("--prompt", action="append", default=None,
-                        help="text to continue (repeatable: the prompts are decoded together as one batch; "
+                        help="text to continue (repeatable: the prompts are decoded together, up to 32 per batch; "
                              "default: start from <|endoftext|>)")
     parser.add_argument("--prompts_file", metavar="PATH",
                         help="a UTF-8 text file with one prompt per line (blank lines skipped), added to --prompt")
@@ -201,8 +204,9 @@ class StreamPrinter:
     len(longest stop string) - 1 characters (a stop string may be starting there), wait for the next token.
     """
 
-    def __init__(self, prompts: list[str], stops):
+    def __init__(self, prompts: list[str], stops, first: int = 0, total: int | None = None):
         self.prompts, self.hold = prompts, max((len(stop) for stop in stops), default=1) - 1
+        self.first, self.total = first, len(prompts) if total is None else total    # a chunk's place in all
         self.latest, self.done = [""] * len(prompts), [False] * len(prompts)
         self.current, self.shown, self.started = 0, 0, False
 
@@ -220,8 +224,8 @@ class StreamPrinter:
     def _advance(self) -> None:
         while self.current < len(self.prompts):
             if not self.started:
-                if len(self.prompts) > 1:
-                    print(f"--- prompt {self.current + 1}/{len(self.prompts)} ---")
+                if self.total > 1:
+                    print(f"--- prompt {self.first + self.current + 1}/{self.total} ---")
                 print(self.prompts[self.current], end="", flush=True)
                 self.started, self.shown = True, 0
             text, finished = self.latest[self.current], self.done[self.current]
@@ -308,13 +312,17 @@ def run_prompts(model, tokenizer, prompts: list[str], settings: dict, device: to
     for sample in range(settings["num_samples"]):
         if settings["num_samples"] > 1:
             print(f"--- sample {sample + 1}/{settings['num_samples']} ---")
-        printer = StreamPrinter(prompts, settings["stop"])          # the text appears as it is generated
-        texts, report, interrupted = complete_batch(model, tokenizer, prompts, settings, sample, device,
-                                                    on_text=printer.update)
-        printer.finish(texts)                                      # the rest (all of it for beam search)
-        print(report, flush=True)
-        if interrupted:
-            return False
+        # at most PROMPT_BATCH prompts decode together: a 1,000-line prompts file is 32 batches one after
+        # another, not one batch whose caches and logits grow with the file (the issue saw 9 GB asked for)
+        for first in range(0, len(prompts), PROMPT_BATCH):
+            chunk = prompts[first:first + PROMPT_BATCH]
+            printer = StreamPrinter(chunk, settings["stop"], first, len(prompts))   # the text as it is generated
+            texts, report, interrupted = complete_batch(model, tokenizer, chunk, settings, sample, device,
+                                                        on_text=printer.update)
+            printer.finish(texts)                                  # the rest (all of it for beam search)
+            print(report, flush=True)
+            if interrupted:
+                return False
     return True
 
 
@@ -327,6 +335,9 @@ def read_prompts(args) -> list[str] | None:
     prompts = list(args.prompt or [])
     if args.prompts_file:
         path = Path(args.prompts_file)
+        if path.exists() and not path.is_file() and not path.is_dir():     # reading a FIFO would block
+            raise ValueError(f"--prompts_file {path}: not a regular file (a pipe, socket or device); pass a text "
+                             "file, one prompt per line")
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError as err:
@@ -448,7 +459,7 @@ def _load_and_run(args, settings: dict, prompts: list[str] | None, device: torch
     n_params = sum(p.numel() for p in model.parameters())
     print(f"loaded {args.model_path}: {model.cfg.attention} attention, {n_params / 1e6:.2f}M parameters, "
           f"context {model.cfg.context_length}, device {device}", flush=True)
-    # 3) the prompts (one batch), then (optionally) the interactive loop
+    # 3) the prompts (batches of up to PROMPT_BATCH), then (optionally) the interactive loop
     if prompts is not None or not args.interactive:
         try:
             if not run_prompts(model, tokenizer, prompts or [""], settings, device) and not args.interactive:

@@ -26,14 +26,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from common.cli import CommandLine, UsageError, field_types, parse_value
+from common.cli import CommandLine, UsageError, field_types, parse_value, path_arg
 from components.config import ModelConfig
 from constants import DATA_ENV_VAR, PRESETS, SEED
 from data import prepare_data
-from trainer import NonFiniteLossError, TrainConfig, Trainer
-from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+from trainer import NonFiniteLossError, TrainConfig, Trainer, check_resumable
+from training.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint, train_config_from_checkpoint
 from training.distributed import init_distributed
-from training.memory import keep_freed_memory_in_heap
+from training.memory import keep_freed_memory_in_heap, step_memory_problem
 from training.precision import choose_precision
 from training.run_lock import FolderLocked, RunLock
 from training.run_log import TensorBoardLog
@@ -61,11 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                "Examples: --set top_k=1  --set attention=mha  --set warmup_steps=50  --set q_latent_dim=None")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help=f"model size (default {DEFAULT_PRESET}; on --resume, the checkpoint's)")
-    p.add_argument("--data", metavar="PATH",
+    p.add_argument("--data", metavar="PATH", type=path_arg,
                    help=f"essays: CSV/Parquet/JSONL with a text column, a .txt file or a folder of .txt files "
                         f"(default: ${DATA_ENV_VAR}, then the local cache, the Hub, the bundled sample)")
-    p.add_argument("--cache-dir", metavar="DIR", help="token cache directory (default data/cache)")
-    p.add_argument("--out", metavar="DIR", help="checkpoints and metrics.jsonl go here (default checkpoints)")
+    p.add_argument("--cache-dir", metavar="DIR", type=path_arg, help="token cache directory (default data/cache)")
+    p.add_argument("--out", metavar="DIR", type=path_arg,
+                   help="checkpoints and metrics.jsonl go here (default checkpoints)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (see Budgets below)")
     p.add_argument("--epochs", type=float, metavar="E", help="passes over the training tokens (default: no limit)")
     p.add_argument("--time-budget", type=float, metavar="MIN",
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig or TrainConfig field, typed by the field (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
-    p.add_argument("--tensorboard", metavar="DIR",
+    p.add_argument("--tensorboard", metavar="DIR", type=path_arg,
                    help="also log the metrics as TensorBoard events to DIR (needs: pip install -e \".[tensorboard]\")")
     return p
 
@@ -140,10 +141,11 @@ def resolve_configs(args) -> tuple[ModelConfig, TrainConfig, dict | None]:
         try:
             resumed = load_checkpoint(path)
             saved_cfg = config_from_checkpoint(resumed, path)
+            base_train = train_config_from_checkpoint(resumed, path)
+            check_resumable(resumed, path)
         except CheckpointError as err:
             raise UsageError(f"--resume: {err}") from None
         base_model = PRESETS[args.preset] if args.preset else saved_cfg
-        base_train = TrainConfig.from_dict(resumed["train_config"])
     else:
         base_model = PRESETS[args.preset or DEFAULT_PRESET]
         base_train = TrainConfig(max_steps=None, time_budget_min=DEFAULT_TIME_BUDGET_MIN)
@@ -212,6 +214,28 @@ def check_expert_parallel(n: int | None, model_cfg: ModelConfig) -> None:
                          f"({model_cfg.n_routed_experts}) is a multiple of {n}")
 
 
+def check_step_memory(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """A training step must fit before anything is allocated (training/memory.py: a lower bound)."""
+    problem = step_memory_problem(model_cfg, train_cfg.batch_size, pick_device(train_cfg.device))
+    if problem:
+        raise UsageError(f"--batch-size {train_cfg.batch_size}: {problem}; lower --batch-size (raise --grad-accum "
+                         "to keep the tokens per step) or pick a smaller model")
+
+
+def check_tensorboard_dir(log_dir: str) -> None:
+    """--tensorboard must name a folder that exists or can be created there: a file or an unwritable place
+    is its own one-line error here, not a failed write blamed on --out after training has started."""
+    path = Path(log_dir)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--tensorboard {log_dir} is a file, not a folder; pass a folder for the event files "
+                         "(it is created if missing)")
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--tensorboard {log_dir}: cannot write there ({existing} is "
+                         f"{'not a folder' if not existing.is_dir() else 'not writable'}); choose a folder you can "
+                         "write to")
+
+
 def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
     """--out must be a folder (or not exist yet), and a fresh run must not silently replace an earlier one
     (overwrite=None: only the first check, before the folder is locked)."""
@@ -220,6 +244,10 @@ def check_out_dir(out_dir: str, resumed: bool, overwrite: bool | None) -> None:
         raise UsageError(f"--out {out_dir} is a file, not a folder; pass a folder (it is created if missing)")
     if overwrite is None:
         return
+    links = [name for name in EARLIER_RUN_FILES if (out / name).is_symlink()]
+    if links:                           # this run never writes through a link it did not create
+        raise UsageError(f"--out {out_dir}: {', '.join(links)} is a symbolic link, which a run never writes "
+                         "through; remove it (or choose another --out)")
     earlier = [name for name in EARLIER_RUN_FILES if (out / name).exists()]
     if earlier and not resumed and not overwrite:
         raise UsageError(f"--out {out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume to continue "
@@ -282,9 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         choose_precision(pick_device(train_cfg.device), train_cfg.dtype)
         check_vocabulary(model_cfg)
         check_expert_parallel(args.expert_parallel, model_cfg)
+        check_step_memory(model_cfg, train_cfg)
         check_out_dir(train_cfg.out_dir, resumed is not None, overwrite=None)
         if args.tensorboard:
             TensorBoardLog.check_available()
+            check_tensorboard_dir(args.tensorboard)
         # rank 0 (the only writer) locks --out; torchrun sets RANK before any process group exists.
         # The lock comes first: another run busy in the folder is the first thing to hear about.
         lock = claim_out_dir(train_cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
@@ -332,7 +362,12 @@ def _run(args, model_cfg: ModelConfig, train_cfg: TrainConfig, resumed: dict | N
         trainer = Trainer(model_cfg, train_cfg, data=prepared, resume=resumed is not None,
                           expert_parallel=args.expert_parallel is not None)
         if args.tensorboard and trainer.dist.is_main:
-            trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
+            try:
+                trainer.log.sinks.append(TensorBoardLog(args.tensorboard))
+            except OSError as err:                       # not a write to --out: say which folder failed
+                print(f"train.py: error: --tensorboard {args.tensorboard}: cannot write the event files "
+                      f"({err.strerror or err}); choose a folder you can write to", file=sys.stderr)
+                return 2
             say(f"TensorBoard events: {args.tensorboard} (view them with: tensorboard --logdir {args.tensorboard})")
         model = trainer.raw_model
         if trainer.experts:

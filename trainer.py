@@ -550,16 +550,35 @@ class Trainer:
             ckpt = ckpt | {"model": self.experts.local_model_state(ckpt["model"]),
                            "optimizer": self.experts.local_optimizer_state(ckpt["optimizer"])}
         ckpt_io.load_model_state(self.raw_model, ckpt, path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and ckpt.get("grad_scaler"):              # fp16: the loss scale goes on
-            self.scaler.load_state_dict(ckpt["grad_scaler"])
+        # load_checkpoint checked every field's type; what only the optimizer, sampler and RNGs can judge (a
+        # group or a state of the wrong size, a generator state torch refuses) is one line naming the part
+        restoring = "optimizer"
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            for group in self.optimizer.param_groups:          # torch checks the group sizes, not the shapes
+                for param in group["params"]:
+                    for name, value in self.optimizer.state.get(param, {}).items():
+                        if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                            raise ValueError(f"its {name} has shape {tuple(value.shape)}, its parameter "
+                                             f"{tuple(param.shape)}")
+            if self.scaler is not None and ckpt.get("grad_scaler"):              # fp16: the loss scale goes on
+                restoring = "grad_scaler"
+                self.scaler.load_state_dict(ckpt["grad_scaler"])
+            same_world = len(ckpt.get("data", [])) == self.dist.world_size
+            if same_world:
+                restoring = "data"
+                self.batches.load_state_dict(ckpt["data"][self.dist.rank])
+                restoring = "rng"
+                ckpt_io.restore_rng(ckpt["rng"][self.dist.rank])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise ckpt_io.CheckpointError(f"{path}: its '{restoring}' state cannot be restored ({detail}); the file "
+                                          "was damaged, or the data or settings changed: resume with the same ones, "
+                                          "use another checkpoint or start a new run") from None
         self.step = int(ckpt["step"])
         progress = ckpt.get("trainer", {})
         self.best_val_loss, self.last_val_loss = progress.get("best_val_loss", math.inf), progress.get("last_val_loss")
-        if len(ckpt.get("data", [])) == self.dist.world_size:
-            self.batches.load_state_dict(ckpt["data"][self.dist.rank])
-            ckpt_io.restore_rng(ckpt["rng"][self.dist.rank])
-        else:
+        if not same_world:
             self.log.say(f"warning: {path} was written by {len(ckpt.get('data', []))} process(es), this run has "
                          f"{self.dist.world_size}; the data order restarts from the seed")
         self.checkpoints.resumed_from(path, self.step)

@@ -167,6 +167,20 @@ def parameter_count_from_config(cfg, buffers: bool = False) -> int:
     return total
 
 
+def build_memory_bytes(cfg) -> int:
+    """Bytes `DeepSeekModel(cfg)` allocates while it is built, from the config alone: the fp32 weights and
+    buffers, plus every attention module's RoPE tables (cos and sin, context_length x rope_dim/2 each, fp32,
+    computed through fp64 temporaries). The tables grow with context_length, not with the weights: a config
+    with context_length 10**9 holds few weights and asks for tens of GB."""
+    cfg = cfg.resolved()
+    total = 4 * parameter_count_from_config(cfg, buffers=True)
+    if cfg.attention != "linear":                    # linear attention tabulates nothing
+        rope_dim = cfg.rope_head_dim if cfg.attention == "mla" else cfg.head_dim
+        table = cfg.context_length * (rope_dim // 2)
+        total += (cfg.n_layers + cfg.mtp_depth) * 2 * table * 4 + 3 * table * 8
+    return total
+
+
 def count_active_parameters(model: torch.nn.Module) -> int:
     """Parameters one token's forward pass multiplies with (inference, MTP modules excluded).
 

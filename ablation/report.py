@@ -26,23 +26,112 @@ import statistics
 import sys
 from pathlib import Path
 
-from common.cli import CommandLine
+from common.cli import CommandLine, path_arg
 from figures import plotting
 
 
-def load_records(dirs) -> list[dict]:
-    """Every record in the folders, in run order (study, then the order the harness ran them)."""
+def load_records(dirs, header: bool = False) -> list[dict]:
+    """Every record in the folders, in run order (study, then the order the harness ran them). A *.json that
+    is not a file or not JSON is skipped with a warning; a record (a JSON object with a 'key') whose fields
+    are not what the harness writes is a RecordError naming the file and the field (header: also the fields
+    report.md's header reads)."""
     records = []
     for d in dirs:
         for path in sorted(Path(d).glob("*.json")):
+            if not path.is_file():
+                print(f"warning: {path} is not a file; skipped", file=sys.stderr)
+                continue
             try:
                 record = json.loads(path.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 print(f"warning: {path} is not valid JSON; skipped", file=sys.stderr)
                 continue
-            if isinstance(record, dict) and "key" in record and "final_val_loss" in record:
+            if isinstance(record, dict) and "key" in record:
+                check_record(record, path)
+                if header:
+                    check_record(record, path, HEADER_FIELDS)
                 records.append(record)
     return sorted(records, key=lambda r: (r["study"], r.get("order", 0), r["name"], r["seed"]))
+
+
+class RecordError(ValueError):
+    """An ablation record whose fields are missing or of the wrong type (an edited or foreign file)."""
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value) -> bool:
+    return isinstance(value, list) and all(map(_number, value))
+
+
+def _fields(**tests):
+    return lambda value: isinstance(value, dict) and all(test(value.get(k)) for k, test in tests.items())
+
+
+def _expert_load(value) -> bool:
+    if value is None:
+        return True
+    if not (isinstance(value, dict) and isinstance(value.get("layers"), list)
+            and all(isinstance(n, str) for n in value["layers"])):
+        return False
+    n = len(value["layers"])
+    per_layer = all(_numbers(value.get(k)) and len(value[k]) == n
+                    for k in ("final_max_ratio", "mean_max_ratio", "final_dead_experts"))
+    series = isinstance(value.get("series"), list) and all(
+        isinstance(p, dict) and _number(p.get("tokens")) and _numbers(p.get("max_ratio")) and len(p["max_ratio"]) == n
+        for p in value["series"])
+    return per_layer and series
+
+
+# field -> (what it must be, the test): every field the report reads from a record
+RECORD_FIELDS = {
+    "study": ("a string", lambda v: isinstance(v, str)),
+    "name": ("a string", lambda v: isinstance(v, str)),
+    "seed": ("an integer", _integer),
+    "order": ("an integer", lambda v: v is None or _integer(v)),
+    "final_val_loss": ("a finite number (a run that diverged has no loss to compare)", _number),
+    "best_val_loss": ("None or a finite number", lambda v: v is None or _number(v)),
+    "tokens_per_s": ("a finite number", _number),
+    "wall_time_s": ("a finite number", _number),
+    "overrides": ("an object", lambda v: isinstance(v, dict)),
+    "kv_cache_bytes_per_token": ("an object with a bf16 number", _fields(bf16=_number)),
+    "params": ("an object with the numbers active_non_embedding, active, total",
+               _fields(active_non_embedding=_number, active=_number, total=_number)),
+    "model_config": ("an object with ffn, n_routed_experts and top_k",
+                     _fields(ffn=lambda v: isinstance(v, str), n_routed_experts=_integer,
+                             top_k=lambda v: _integer(v) and v > 0)),
+    "budget": ("an object with an integer tokens", _fields(tokens=_integer)),
+    "expert_load": ("None or per-layer lists of numbers", _expert_load),
+}
+# and what report.md's header reads besides (fill_tables' tables do not)
+HEADER_FIELDS = {
+    "budget": ("an object with the integers tokens, steps, tokens_per_step",
+               _fields(tokens=_integer, steps=_integer, tokens_per_step=_integer)),
+    "code_version": ("a string or an object with commit and dirty",
+                     lambda v: isinstance(v, str) or _fields(commit=lambda c: isinstance(c, str),
+                                                            dirty=lambda d: isinstance(d, bool))(v)),
+    "machine": ("an object with device, dtype, threads and torch",
+                lambda v: isinstance(v, dict) and all(k in v for k in ("device", "dtype", "threads", "torch"))),
+}
+
+
+def check_record(record: dict, path, rules: dict = RECORD_FIELDS) -> None:
+    for field, (expected, test) in rules.items():
+        if field not in record and field not in ("order", "expert_load", "best_val_loss"):
+            raise RecordError(f"{path}: the record has no '{field}'; re-run it with python -m ablation, or move "
+                              "the file out of the folder")
+        if not test(record.get(field)):
+            value = record[field]
+            shown = repr(value) if isinstance(value, (str, int, float)) and len(repr(value)) < 40 \
+                else f"a {type(value).__name__}"
+            raise RecordError(f"{path}: its '{field}' is {shown}, expected {expected}; re-run it with "
+                              "python -m ablation, or move the file out of the folder")
 
 
 def spread(values: list[float]) -> dict:
@@ -234,7 +323,7 @@ def write_report(dirs, out, plots: bool = True) -> Path:
     """report.md (+ PNGs) in `out` from the records in `dirs`; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_records(dirs)
+    records = load_records(dirs, header=True)
     if not records:
         raise ValueError(f"no ablation records (*.json with a 'key') in {', '.join(map(str, dirs))}")
     parts = []
@@ -295,7 +384,7 @@ def fill_tables(doc: Path, results_root: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = CommandLine(prog="python -m ablation report", description="Markdown table and plots from ablation records")
     p.add_argument("dirs", nargs="+", help="folders holding the harness's JSON records")
-    p.add_argument("--out", help="where report.md and the PNGs go (default: the first folder)")
+    p.add_argument("--out", type=path_arg, help="where report.md and the PNGs go (default: the first folder)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--fill", metavar="DOC", help="instead: rewrite the '<!-- table: STUDY -->' blocks of DOC "
                    "from the study folders under the one folder given")
@@ -309,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
             print("ablation report: error: --fill DOC needs an existing DOC and one folder holding the study "
                   "folders, e.g. --fill docs/results.md docs/results", file=sys.stderr)
             return 2
-        filled = fill_tables(Path(args.fill), Path(args.dirs[0]))
+        try:
+            filled = fill_tables(Path(args.fill), Path(args.dirs[0]))
+        except ValueError as err:
+            print(f"ablation report: error: {err}", file=sys.stderr)
+            return 2
         print(f"filled the tables of {', '.join(filled) or 'no study'} in {args.fill}")
         return 0
     try:
         path = write_report(args.dirs, args.out or args.dirs[0], plots=not args.no_plots)
-    except ValueError as err:
+    except (OSError, ValueError) as err:           # a bad record, or an --out that cannot be written
         print(f"ablation report: error: {err}", file=sys.stderr)
         return 2
     print(path.read_text())

@@ -37,13 +37,14 @@ from pathlib import Path
 
 from ablation.report import main as report_main
 from ablation.report import write_report
-from common.cli import CommandLine, UsageError, field_types, parse_value
+from common.cli import CommandLine, UsageError, field_types, parse_value, path_arg
 from components.config import ModelConfig
 from constants import PRESETS, PROJECT_ROOT
 from data import prepare_data
 from data.sources import display_path
 from trainer import TrainConfig, Trainer
-from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token
+from training.memory import step_memory_problem
+from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token, pick_device
 
 RECORD_VERSION = 1
 SERIES_POINTS = 100           # at most this many points of each over-time series go into a record
@@ -172,6 +173,8 @@ def build_specs(args) -> list[RunSpec]:
         raise UsageError("--tokens / --time-budget must be > 0")
     if args.evals < 1 or args.batch_size < 1 or args.threads < 1:
         raise UsageError("--evals, --batch-size and --threads must be >= 1")
+    if args.context_length is not None and args.context_length < 1:       # 0 is not "the preset's"
+        raise UsageError(f"--context-length {args.context_length}: must be >= 1 (leave it out for the preset's)")
     if args.vocab_top is not None and args.vocab_top < 2:
         raise UsageError("--vocab-top must be >= 2 (N-1 kept tokens + 1 'other')")
     if not args.seeds:
@@ -180,7 +183,7 @@ def build_specs(args) -> list[RunSpec]:
     specs = []
     for name, over in runs:
         settings = base | over
-        if args.context_length:
+        if args.context_length is not None:
             settings["context_length"] = args.context_length
         if args.vocab_top:
             settings["vocab_size"] = args.vocab_top
@@ -361,13 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, help="training tokens per run (the same for every run)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="wall-clock minutes per run (not reproducible)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--context-length", type=int, help="override context_length")
+    p.add_argument("--context-length", type=int, help="override context_length (>= 1)")
     p.add_argument("--vocab-top", type=int, metavar="N", help="keep the N-1 most frequent tokens + 1 'other' id")
     p.add_argument("--evals", type=int, default=2, help="validation runs per run, evenly spaced (default 2)")
-    p.add_argument("--data", help="essays file (default: the data package's resolution order)")
-    p.add_argument("--cache-dir", help="token cache folder (default data/cache)")
+    p.add_argument("--data", type=path_arg, help="essays file (default: the data package's resolution order)")
+    p.add_argument("--cache-dir", type=path_arg, help="token cache folder (default data/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared CPU is faster so)")
-    p.add_argument("--out", help="record folder (default runs/ablations/<study>)")
+    p.add_argument("--out", type=path_arg, help="record folder (default runs/ablations/<study>)")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR", help="copy matching records from DIR")
     p.add_argument("--report", action="store_true", help="write the report when the runs are done")
     p.add_argument("--shard", metavar="K/N", help="run only every N-th run starting at run K (0-based), so N "
@@ -388,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--data {args.data}: no such file or folder")
         out = Path(args.out or Path("runs") / "ablations" / args.study)
         check_out_folder(out)
+        check_step_memory(specs)
     except UsageError as err:
         print(f"ablation: error: {err}", file=sys.stderr)
         return 2
@@ -432,6 +436,14 @@ def check_out_folder(out: Path) -> None:
                 where = "is a file" if folder == out else f"is below {folder}, which is a file"
                 raise UsageError(f"--out {out} {where}, not a folder; pass a folder for the records")
             return
+
+
+def check_step_memory(specs: list[RunSpec]) -> None:
+    """Every run's training step must fit before the first run starts (training/memory.py: a lower bound)."""
+    for spec in specs:
+        problem = step_memory_problem(spec.model_cfg, spec.train_cfg.batch_size, pick_device(spec.train_cfg.device))
+        if problem:
+            raise UsageError(f"run '{spec.name}': {problem}; lower --batch-size or use a smaller model")
 
 
 def check_data_size(specs: list[RunSpec], data: tuple) -> None:

@@ -54,6 +54,15 @@ def parse_value(text: str, annotation) -> object:
     return text
 
 
+def path_arg(text: str) -> str:
+    """argparse type for a path flag: an empty or blank path is an error, never the default in disguise
+    (`--out ""` would otherwise train into ./checkpoints)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: pass a file or folder name, or leave the flag out "
+                                         "for the default")
+    return text
+
+
 def field_types(cls) -> dict[str, type]:
     """Field name -> resolved type annotation of a config dataclass (what `parse_value` needs)."""
     return typing.get_type_hints(cls)

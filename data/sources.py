@@ -170,6 +170,10 @@ def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, 
         if not path.exists():
             via = f" (from {DATA_ENV_VAR})" if from_env else ""
             raise FileNotFoundError(f"data path {path}{via} does not exist; {HOW_TO_GET_ESSAYS}")
+        if not path.is_dir() and not path.is_file():
+            # a FIFO, a socket or a device: reading it can block forever or never end; refuse before opening it
+            raise ValueError(f"data path {path} is not a regular file or a folder (a pipe, socket or device); "
+                             f"save the text to a file first, or {HOW_TO_GET_ESSAYS}")
         kind = "folder" if path.is_dir() else "file"
         return Source(f"{kind} {display_path(path)}" + (f" (from {DATA_ENV_VAR})" if from_env else ""), path=path)
     # 2) a copy of the Hub dataset saved by an earlier run

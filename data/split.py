@@ -43,8 +43,11 @@ def _split_one(text: str, val_fraction: float) -> tuple[str, str]:
     """Cut one text near (1 - val_fraction) of its length, preferring a blank line, then a newline,
     then a space; both halves must keep some non-blank text."""
     target = round(len(text) * (1.0 - val_fraction))
+    # a cut at i leaves non-blank text on both sides iff first < i <= last (the first and last non-blank
+    # characters): found once, so the candidates cost O(len(text)), not a strip of each half per candidate
+    first, last = len(text) - len(text.lstrip()), len(text.rstrip()) - 1
     for boundary in ("\n\n", "\n", " "):
-        cuts = [i for i in _positions(text, boundary) if text[:i].strip() and text[i:].strip()]
+        cuts = [i for i in _positions(text, boundary) if first < i <= last]
         if cuts:
             cut = min(cuts, key=lambda i: abs(i - target))
             return text[:cut].rstrip(), text[cut:].lstrip()

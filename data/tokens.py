@@ -87,7 +87,14 @@ def load_cached(cache_dir: Path | None, key: str) -> tuple[np.ndarray, np.ndarra
         val = np.load(paths["val.npy"], allow_pickle=False)
     except (OSError, ValueError):   # missing, truncated or foreign files: rebuild
         return None
-    if train.dtype != np.uint16 or val.dtype != np.uint16 or meta.get("tokens") != [train.size, val.size]:
+    if (not isinstance(meta, dict) or train.dtype != np.uint16 or val.dtype != np.uint16 or train.ndim != 1
+            or val.ndim != 1 or meta.get("tokens") != [train.size, val.size]):
+        return None
+    n_vocab = tokenizer_identity()["n_vocab"]
+    if any(ids.size and int(ids.max()) >= n_vocab for ids in (train, val)):
+        # ids the tokenizer never makes (an edited or foreign file): the embedding lookup would fail at step 1
+        warnings.warn(f"the token cache {paths['train.npy'].name} holds ids outside the tokenizer's {n_vocab}; "
+                      "it was edited or damaged: tokenizing again", stacklevel=3)
         return None
     return train, val, meta
 

@@ -83,6 +83,8 @@ def is_excluded(rel: str) -> bool:
 
 
 def check_out_dir(text: str) -> Path:
+    if Path(text).expanduser().is_symlink():          # the release is never written through a link
+        raise UsageError(f"{text} is a symbolic link; pass the real folder (a new or empty one)")
     out = Path(text).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"{text} is a file; choose a folder that does not exist yet (or an empty one)")

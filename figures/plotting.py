@@ -7,7 +7,7 @@ it measures and in which unit.
 
 from __future__ import annotations
 
-from common.cli import CommandLine
+from common.cli import CommandLine, path_arg
 from common.files import atomic_write
 
 
@@ -910,10 +910,16 @@ def plot_run_dir(run_dir, out=None):
     rows = read_metrics(metrics)
     if not any(r.get("kind") == "train" for r in rows):
         raise ValueError(f"{metrics} has no training rows yet: wait for the first logged step")
+    target = Path(out) if out else run_dir / "metrics.png"
+    kind = target.suffix.lower().lstrip(".")
+    formats = plt.figure().canvas.get_supported_filetypes()       # png, pdf, svg, ...: the suffix decides
+    plt.close("all")
+    if kind not in formats:
+        raise ValueError(f"--out {target}: the suffix {target.suffix or '(none)'} names no image format; use "
+                         f".png (or one of {', '.join('.' + k for k in sorted(formats))})")
     fig = plot_run(rows, title=f"Training run: {run_dir}")
     try:
-        return atomic_write(Path(out) if out else run_dir / "metrics.png",
-                            lambda handle: fig.savefig(handle, format="png", dpi=110))
+        return atomic_write(target, lambda handle: fig.savefig(handle, format=kind, dpi=110))
     finally:
         plt.close(fig)
 
@@ -926,7 +932,8 @@ def plot_cli(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandLine)
     plot = commands.add_parser("plot", help="train/val loss, lr, grad norm and expert load per layer -> a PNG")
     plot.add_argument("run_dir", help="the --out directory of a train.py run (holds metrics.jsonl)")
-    plot.add_argument("--out", metavar="PNG", help="where to write the figure (default RUN_DIR/metrics.png)")
+    plot.add_argument("--out", metavar="PNG", type=path_arg,
+                      help="where to write the figure (default RUN_DIR/metrics.png; .svg/.pdf also work)")
     args = parser.parse_args(argv)
     try:
         path = plot_run_dir(args.run_dir, args.out)

@@ -62,8 +62,17 @@ from common.files import atomic_write
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
 from constants import VAL_FRACTION
-from training.checkpoint import atomic_save, check_tokenizer, load_model, make_checkpoint
-from utils import GPT2_ENCODER_SHA256, count_active_parameters, count_parameters, gpt2_encoder_path, tokenizer_identity
+from training.checkpoint import atomic_save, check_tokenizer, load_model, make_checkpoint, values_held
+from training.memory import available_memory
+from utils import (
+    GPT2_ENCODER_SHA256,
+    build_memory_bytes,
+    count_active_parameters,
+    count_parameters,
+    gpt2_encoder_path,
+    parameter_count_from_config,
+    tokenizer_identity,
+)
 
 # the eps that HF's DeepseekV2/V3 attention uses for its q/kv latent RMSNorms (not rms_norm_eps)
 HF_LATENT_NORM_EPS = 1e-6
@@ -683,7 +692,18 @@ def load_hf_dir(hf_dir: str | os.PathLike, context_length: int | None = None, de
                             "(config.json + model.safetensors)")
     config = _read_json(hf_dir / "config.json")
     cfg, rope_interleave = model_config_from_hf(config, context_length)
+    # before reading or building anything: a config.json with a huge hidden_size, vocab_size or
+    # max_position_embeddings (the RoPE tables) would allocate tens of GB before a shape could mismatch
+    needed, free = build_memory_bytes(cfg), available_memory()
+    if free is not None and needed > free:
+        raise HFFormatError(f"{hf_dir / 'config.json'}: building its model needs about {needed / 2**30:.1f} GiB "
+                            f"(weights and RoPE tables), only {free / 2**30:.1f} GiB are available; check its "
+                            "sizes, pass a smaller --context-length, or use a machine with more memory")
     state, unused = from_hf_state_dict(read_hf_weights(hf_dir), cfg, rope_interleave)
+    expected, present = parameter_count_from_config(cfg, buffers=True), values_held(state)
+    if expected > 1.1 * present + 1024:
+        raise HFFormatError(f"{hf_dir / 'config.json'} describes a model of {expected:,} parameters, but the "
+                            f"weights hold only {present:,}; the config and the weights do not belong together")
     # layers past num_hidden_layers are V3's MTP modules; rotary inv_freq is recomputed, never loaded
     extra = [k for k in unused if not _is_mtp_or_rotary(k, cfg.n_layers)]
     if extra:

@@ -1,6 +1,6 @@
 """Run every bad input we know of through the real command lines and report any Python traceback.
 
-    python scripts/bad_input_sweep.py            # about two minutes on a laptop CPU
+    python scripts/bad_input_sweep.py            # several minutes on a laptop CPU; no PYTHONPATH needed
     python scripts/bad_input_sweep.py -k lock    # only the cases whose name contains 'lock'
 
 Each case is a subprocess of train.py, inference.py or `python -m ablation` (a few run a short Python
@@ -30,13 +30,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from components.deepseek_model import DeepSeekModel
-from constants import TINY
-from hugging_face.convert import export_hf
-from training.checkpoint import atomic_save, load_checkpoint, make_checkpoint
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))       # before the project's imports: `python scripts/bad_input_sweep.py` from anywhere
+
+from components.deepseek_model import DeepSeekModel  # noqa: E402
+from constants import TINY  # noqa: E402
+from hugging_face.convert import export_hf  # noqa: E402
+from training.checkpoint import atomic_save, load_checkpoint, make_checkpoint  # noqa: E402
+
 ENV = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 WORDS = ("startup founders users money ideas work programming language hackers growth product investors write "
          "essays think hard problems make something people want good great best way learn").split()
@@ -249,6 +250,200 @@ def hf_cases(tmp: Path, checkpoint: Path) -> list[Case]:
     return cases
 
 
+def resumable_run(tmp: Path, train: list) -> Path:
+    """A real one-step run (its latest.pt, metrics.jsonl and token cache): what the hostile variants copy."""
+    out = tmp / "resumable"
+    subprocess.run([sys.executable, *train, "--max-steps", "1", "--save-every", "1", "--out", str(out)], cwd=REPO,
+                   env=ENV, capture_output=True, timeout=300, check=True)
+    return out
+
+
+def later_cases(tmp: Path, train: list, infer: list, corpus: Path) -> list[Case]:
+    """Issue 24's remaining classes: hostile checkpoint fields, unbounded work, hangs, silent results, records
+    and notebooks, messages that blame the wrong thing, planted symlinks."""
+    import numpy as np
+    import torch
+
+    run = resumable_run(tmp, train)
+    cases = []
+
+    def latest_variant(name: str, edit: Callable, phrase: str) -> None:
+        folder = tmp / f"resume_{len(cases)}"
+        shutil.copytree(run, folder)
+        ckpt = torch.load(folder / "latest.pt", weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, folder / "latest.pt")
+        cases.append(Case(f"train --resume: latest.pt with {name}", [*train, "--out", str(folder), "--resume",
+                                                                       "--max-steps", "3"],
+                          check=both(says(phrase), unchanged(folder))))
+
+    def put(key: str, value):
+        def edit(ckpt):
+            *parents, last = key.split("/")
+            holder = ckpt
+            for part in parents:
+                holder = holder[int(part) if isinstance(holder, list) else part]
+            if value is KeyError:
+                del holder[last]
+            else:
+                holder[int(last) if isinstance(holder, list) else last] = value
+        return edit
+
+    latest_variant("format_version a string", put("format_version", "1"), "'format_version'")
+    latest_variant("tokenizer a string", put("tokenizer", "gpt2"), "'tokenizer'")
+    latest_variant("a config that is a list", put("model_config", [1, 2]), "'model_config'")
+    latest_variant("train_config None", put("train_config", None), "'train_config'")
+    latest_variant("lr a string", put("train_config/lr", "3e-3"), "TrainConfig.lr")
+    latest_variant("rng missing", put("rng", KeyError), "'rng'")
+    latest_variant("a short torch RNG state", put("rng/0/torch", torch.zeros(3, dtype=torch.uint8)), "'rng'")
+    latest_variant("optimizer a string", put("optimizer", "adam"), "'optimizer'")
+    latest_variant("optimizer without groups", put("optimizer/param_groups", []), "'optimizer'")
+    latest_variant("optimizer moments of the wrong shape",
+                   lambda c: c["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)), "'optimizer'")
+    latest_variant("scheduler a number", put("scheduler", 5), "'scheduler'")
+    latest_variant("data a list of numbers", put("data", [5]), "'data'")
+    latest_variant("step a string", put("step", "3"), "'step'")
+
+    def saved(name: str, edit: Callable) -> Path:
+        ckpt = torch.load(run / "latest.pt", weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, tmp / name)
+        return tmp / name
+
+    import pickle
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("echo the payload ran",))
+
+    (tmp / "raw_pickle.pt").write_bytes(pickle.dumps({"payload": RunsCode()}, protocol=4))
+    long_context = saved("long_context.pt", put("model_config/context_length", 10**12))
+    cases += [
+        Case("inference: a checkpoint whose config is a list",
+             ["inference.py", "--model_path", str(saved("list_config.pt", put("model_config", [1])))], codes=(1,),
+             check=says("'model_config'")),
+        Case("inference: a raw pickle calling os.system", ["inference.py", "--model_path", str(tmp / "raw_pickle.pt")],
+             codes=(1,), check=both(says("plain Python pickle", "system"),
+                                    lambda o, e: "the payload ran" if "payload ran" in o else None)),
+    ]
+    # unbounded work and memory
+    hf = tmp / "hf_rope"
+    export_hf(run / "latest.pt", hf)
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 10**12}))
+    many = tmp / "many_prompts.txt"
+    many.write_text("".join(f"Prompt number {i}\n" for i in range(1000)))
+    cases += [
+        Case("train: --batch-size 1000000000", [*train, "--batch-size", "1000000000", "--out", str(tmp / "t24b")],
+             check=both(says("GiB"), absent(tmp / "t24b"))),
+        Case("ablation: --batch-size 1000000000", ["-m", "ablation", "--tokens", "64", "--data", str(corpus),
+                                                   "--batch-size", "1000000000", "--out", str(tmp / "a24b")],
+             check=both(says("GiB"), absent(tmp / "a24b"))),
+        Case("inference: context_length 10**12 (RoPE tables)", ["inference.py", "--model_path", str(long_context)],
+             codes=(1,), check=says("GiB")),
+        Case("from-hf: max_position_embeddings 10**12", ["-m", "hugging_face", "from-hf", str(hf),
+                                                         str(tmp / "hf_rope.pt")],
+             check=both(says("RoPE tables"), absent(tmp / "hf_rope.pt"))),
+        Case("inference: a 1,000-line prompts file", ["inference.py", "--model_path", str(run / "latest.pt"),
+                                                      "--prompts-file", str(many), "--max_new_tokens", "1",
+                                                      "--temperature", "0"], codes=(0,),
+             check=says("--- prompt 1000/1000 ---", where="out")),
+    ]
+    # hangs
+    fifo = tmp / "essays_fifo.txt"
+    os.mkfifo(fifo)
+    one_line = tmp / "one_line.txt"
+    rng = random.Random(1)
+    one_line.write_text(" ".join(rng.choice(WORDS) for _ in range(600_000)))     # ~4 MB on one line
+    cases += [
+        Case("train: a FIFO as --data", [*train[:3], "--data", str(fifo), *train[5:], "--out", str(tmp / "t24f")],
+             check=both(says("not a regular file"), absent(tmp / "t24f"))),
+        Case("inference: a FIFO as --prompts-file", [*infer, "--prompts-file", str(fifo)],
+             check=says("not a regular file")),
+        Case("train: a 600k-word one-line file (linear split)", [*train[:3], "--data", str(one_line), *train[5:],
+                                                                  "--max-steps", "1", "--out", str(tmp / "t24l")],
+             codes=(0,)),
+    ]
+    # other silent results
+    bad_cache = tmp / "bad_cache"
+    shutil.copytree(tmp / "cache", bad_cache)
+    for path in bad_cache.glob("tokens-*-train.npy"):
+        ids = np.load(path)
+        ids[0] = 60000
+        np.save(path, ids)
+    cases += [
+        Case('train: --out ""', [*train, "--out", ""], check=both(says("empty path"), absent(REPO / "checkpoints"))
+             if not (REPO / "checkpoints").exists() else says("empty path")),
+        Case("ablation: --context-length 0", ["-m", "ablation", "--tokens", "64", "--data", str(corpus),
+                                              "--context-length", "0", "--out", str(tmp / "a24")],
+             check=both(says("--context-length 0"), absent(tmp / "a24"))),
+        Case("trainer plot: --out m.txt", ["-m", "trainer", "plot", str(run), "--out", str(tmp / "m.txt")],
+             check=both(says("names no image format"), absent(tmp / "m.txt"))),
+        Case("train: a token cache with ids outside the vocabulary", [*train[:5], "--cache-dir", str(bad_cache),
+                                                                      *train[7:], "--out", str(tmp / "t24c")],
+             codes=(0,), check=says("outside the tokenizer")),
+    ]
+    # records and notebooks
+    record = json.loads(next(iter(sorted((REPO / "docs" / "results" / "balancing").glob("*.json")))).read_text())
+    for name, change in {"missing a field": lambda r: r.pop("budget"), "a string loss": lambda r: r.update(
+            final_val_loss="low"), "a NaN loss": lambda r: r.update(final_val_loss=float("nan"))}.items():
+        folder = tmp / f"records_{len(cases)}"
+        folder.mkdir()
+        edited = json.loads(json.dumps(record))
+        change(edited)
+        (folder / "r.json").write_text(json.dumps(edited))
+        cases.append(Case(f"ablation report: a record {name}", ["-m", "ablation", "report", str(folder),
+                                                                  "--no-plots"], check=says("r.json")))
+    folder = tmp / "records_dir"
+    folder.mkdir()
+    (folder / "r.json").mkdir()
+    (folder / "good.json").write_text(json.dumps(record))
+    cases.append(Case("ablation report: a folder named r.json", ["-m", "ablation", "report", str(folder),
+                                                                  "--no-plots"], codes=(0,), check=says("not a file")))
+    notebooks = tmp / "notebooks"
+    notebooks.mkdir()
+    (notebooks / "text.ipynb").write_text("{not json")
+    for name, source in {"raises": "raise ValueError('boom')", "slow": "import time; time.sleep(60)"}.items():
+        (notebooks / f"{name}.ipynb").write_text(json.dumps({
+            "cells": [{"cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}))
+    for name, phrase in {"text": "not a Jupyter notebook", "raises": "raised ValueError", "slow": "--timeout"}.items():
+        cases.append(Case(f"run_notebooks: {name}.ipynb", ["scripts/run_notebooks.py", "--timeout", "3",
+                                                            str(notebooks / f"{name}.ipynb")], codes=(1,),
+                          check=both(says(phrase), unchanged(notebooks))))
+    # messages that blame the right thing, and planted symlinks
+    events = tmp / "events.txt"
+    events.write_text("mine")
+    victim = tmp / "victim24" / "precious.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    metrics_link = tmp / "metrics_link"
+    shutil.copytree(run, metrics_link)
+    (metrics_link / "metrics.jsonl").unlink()
+    (metrics_link / "metrics.jsonl").symlink_to(victim)
+    hf_links, hf_victim = tmp / "hf_links", tmp / "victim_hf" / "precious.txt"    # a victim of its own per case
+    hf_links.mkdir()
+    hf_victim.parent.mkdir()
+    hf_victim.write_text("precious")
+    for name in ("config.json", "model.safetensors", "README.md"):
+        (hf_links / name).symlink_to(hf_victim)
+    (tmp / "release_link").symlink_to(tmp / "nowhere")
+    cases += [
+        Case("train: --tensorboard naming a file", [*train, "--tensorboard", str(events), "--out", str(tmp / "t24t")],
+             check=both(says("--tensorboard"), absent(tmp / "t24t"),
+                        lambda o, e: "blames --out" if "--out" in e else None)),
+        Case("train: a metrics.jsonl symlink in --out", [*train, "--out", str(metrics_link), "--overwrite"],
+             check=both(says("symbolic link"), unchanged(victim.parent))),
+        Case("to-hf: planted symlinks in the export folder", ["-m", "hugging_face", "to-hf", str(run / "latest.pt"),
+                                                              str(hf_links), "--force"], codes=(0,),
+             check=unchanged(hf_victim.parent)),
+        Case("release: OUT_DIR a dangling symlink", ["-m", "exercises", "release", str(tmp / "release_link")],
+             check=both(says("symbolic link"), absent(tmp / "nowhere"))),
+    ]
+    return cases
+
+
 def build_cases(tmp: Path) -> list[Case]:
     corpus = write_corpus(tmp / "corpus")
     ckpt = make_checkpoints(tmp)
@@ -336,6 +531,7 @@ def build_cases(tmp: Path) -> list[Case]:
           for flags in (["--temperature", "1e-320"], ["--presence_penalty", "1e308"], ["--beams", "100000"],
                         ["--num_samples", "1000000"])],
         *hf_cases(tmp, ckpt["good"]),
+        *later_cases(tmp, train, infer, corpus),
         Case("train: a .lock in --out that is a symlink", [*train, "--out", str(linked)], codes=(1, 2),
              check=both(says("symbolic link"), unchanged(victim.parent))),
         *([Case("train: a REAL full disk (1 MB tmpfs)", [*train, "--out", str(small_disk)], codes=(1,),

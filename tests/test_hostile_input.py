@@ -146,6 +146,9 @@ HF_CASES = {
     "shard outside the folder": (lambda p: _shard_index(p, OUTSIDE), "outside the model directory"),
     "shard by absolute path": (lambda p: _shard_index(p, str((p / "model.safetensors").resolve())),
                                "outside the model directory"),
+    "max_position_embeddings huge": (lambda p: _config(p, max_position_embeddings=10**11), "RoPE tables"),
+    "vocab_size huge": (lambda p: _config(p, vocab_size=10**11), "GiB"),
+    "experts wider than their weights": (lambda p: _config(p, moe_intermediate_size=4096), "weights hold only"),
     "corrupt safetensors": (lambda p: (p / "model.safetensors").write_bytes(b"\x10\x00" + b"garbage" * 10),
                             "not a readable weights file"),
 }

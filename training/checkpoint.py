@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import pickletools
 import random
 import re
 from contextlib import suppress
@@ -44,8 +46,9 @@ from torch import nn
 from common.files import atomic_write
 from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel
+from training.config import TrainConfig
 from training.memory import available_memory
-from utils import parameter_count_from_config, tokenizer_identity
+from utils import build_memory_bytes, parameter_count_from_config, tokenizer_identity
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "kind", "model", "model_config", "step")
@@ -183,6 +186,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes; a copy or save was cut short); "
                               "use another checkpoint (latest.pt / best_model.pt) or retrain")
+    if (foreign := _describe_plain_pickle(path)) is not None:
+        raise CheckpointError(foreign)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # every failure becomes one clear line
@@ -191,10 +196,142 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         have = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a checkpoint written by this project (expected keys {REQUIRED_KEYS}, "
                               f"found {have}); pass a .pt file saved by train.py / Trainer")
+    check_fields(ckpt, path)
+    return ckpt
+
+
+# --- every field read from a file is checked against its type before any code uses it ---------------
+
+def _show(value) -> str:
+    text = repr(value) if isinstance(value, (str, int, float, type(None))) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """An int or a float (inf allowed: an unset best loss is inf; NaN is not a loss)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _python_rng(value) -> bool:          # [version, 625 ints, gauss or None]
+    return (isinstance(value, (list, tuple)) and len(value) == 3 and _is_int(value[0])
+            and isinstance(value[1], (list, tuple)) and len(value[1]) == 625 and all(map(_is_int, value[1]))
+            and (value[2] is None or isinstance(value[2], float)))
+
+
+def _numpy_rng(value) -> bool:           # [name, 624 keys, pos, has_gauss, gauss]
+    return (isinstance(value, (list, tuple)) and len(value) == 5 and isinstance(value[0], str)
+            and isinstance(value[1], torch.Tensor) and value[1].shape == (624,) and not value[1].is_floating_point()
+            and _is_int(value[2]) and _is_int(value[3]) and isinstance(value[4], (int, float)))
+
+
+def _byte_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _rng_state(value) -> bool:
+    return (isinstance(value, dict) and _python_rng(value.get("python")) and _numpy_rng(value.get("numpy"))
+            and _byte_tensor(value.get("torch"))
+            and ("cuda" not in value or (isinstance(value["cuda"], (list, tuple))
+                                         and all(map(_byte_tensor, value["cuda"])))))
+
+
+def _param_group(group) -> bool:
+    return (isinstance(group, dict) and isinstance(group.get("params"), list) and all(map(_is_int, group["params"]))
+            and all(_is_real(group[key]) for key in ("lr", "weight_decay", "eps") if key in group)
+            and ("betas" not in group or (isinstance(group["betas"], (list, tuple)) and len(group["betas"]) == 2
+                                          and all(map(_is_real, group["betas"])))))
+
+
+def _optimizer_state(value) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("state"), dict)
+            and all(isinstance(v, dict) for v in value["state"].values())
+            and isinstance(value.get("param_groups"), list) and all(map(_param_group, value["param_groups"])))
+
+
+def _trainer_stats(value) -> bool:
+    numbers = ("best_val_loss", "last_val_loss", "whole_val_loss", "tokens", "whole_val_tokens", "world_size")
+    return isinstance(value, dict) and all(value.get(key) is None or _is_real(value[key]) for key in numbers)
+
+
+# field -> (expected, as the message says it; the test; required). Every field a checkpoint may hold.
+FIELDS = {
+    "format_version": ("an integer >= 1", lambda v: _is_int(v) and v >= 1, True),
+    "kind": ("'latest' or 'best'", lambda v: v in ("latest", "best"), True),
+    "model": ("a state_dict (names -> tensors)",
+              lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items()), True),
+    "model_config": ("a dict of ModelConfig fields", lambda v: isinstance(v, dict), True),
+    "step": ("an integer >= 0", lambda v: _is_int(v) and v >= 0, True),
+    "train_config": ("None or a dict of TrainConfig fields", lambda v: v is None or isinstance(v, dict), False),
+    "tokenizer": ("None or a dict with a string name (and encoder_sha256 a string or None)",
+                  lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("name"), str)
+                                          and isinstance(v.get("encoder_sha256"), (str, type(None)))), False),
+    "torch_version": ("a string", lambda v: isinstance(v, str), False),
+    "trainer": ("a dict of numbers (best_val_loss, ...)", _trainer_stats, False),
+    "optimizer": ("an optimizer state_dict (state, param_groups of numbers)", _optimizer_state, False),
+    "scheduler": ("a dict", lambda v: isinstance(v, dict), False),
+    "grad_scaler": ("None or a dict", lambda v: v is None or isinstance(v, dict), False),
+    "rng": ("a list of per-process RNG states (python, numpy, torch)",
+            lambda v: isinstance(v, list) and all(map(_rng_state, v)), False),
+    "data": ("a list of per-process sampler states (dicts)",
+             lambda v: isinstance(v, list) and all(isinstance(d, dict) for d in v), False),
+}
+
+
+def check_fields(ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
+    """CheckpointError naming the first field whose type or value is not what this project writes (a
+    hand-edited or hostile file), before any code trusts it; a resumable 'latest' needs its training state."""
+    def bad(field: str, expected: str):
+        value = _show(ckpt[field]) if field in ckpt else "missing"
+        return CheckpointError(f"{path}: its '{field}' is {value}, expected {expected}; the file was edited or "
+                               "damaged: use another checkpoint (latest.pt / best_model.pt) or retrain")
+
+    for field, (expected, test, required) in FIELDS.items():
+        if field in ckpt:
+            if not test(ckpt[field]):
+                raise bad(field, expected)
+        elif required:
+            raise bad(field, expected)
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this code "
                               f"understands ({FORMAT_VERSION}); update the code (git pull) to load it")
-    return ckpt
+    if ckpt["kind"] == "latest" and "optimizer" in ckpt:       # resumable: the training state comes as a whole
+        if not isinstance(ckpt.get("train_config"), dict):
+            raise bad("train_config", "a dict of TrainConfig fields (a 'latest' checkpoint resumes with it)")
+        if "data" in ckpt and len(ckpt.get("rng", [])) != len(ckpt["data"]):
+            raise bad("rng", f"one RNG state per process ({len(ckpt['data'])}, as in 'data')")
+
+
+def _describe_plain_pickle(path: Path) -> str | None:
+    """The one-line error for a file that is a plain pickle (pickle.dump, an old torch.save format), not the
+    zip archive torch.save writes (and this project always writes); None for anything else. The pickle's
+    opcodes are only listed (pickletools), never executed, to name the code it would call."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+        if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:         # pickle's PROTO opcode
+            return None
+        handle.seek(0)
+        calls, strings = [], []
+        try:
+            for opcode, arg, _ in pickletools.genops(handle):
+                if opcode.name == "GLOBAL":
+                    calls.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    calls.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:          # not a well-formed pickle after all: torch.load's error says corrupt
+            return None
+    if calls:
+        return (f"refused to load {path} as unsafe: it is a plain Python pickle, not a checkpoint this project wrote "
+                f"(torch.save zip files of tensors and plain data), and it calls {', '.join(sorted(set(calls))[:3])}, "
+                "code that loading with weights_only=True refuses to run; pass a .pt file saved by train.py / Trainer")
+    return (f"{path} is a plain Python pickle (pickle.dump or an old torch.save format), not a checkpoint this project "
+            "wrote (torch.save zip files); pass a .pt file saved by train.py / Trainer")
 
 
 def _describe_load_failure(path: Path, err: Exception) -> str:
@@ -219,6 +356,20 @@ def config_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} holds a model config this code cannot build ({err}); "
                               "load it with the code version that wrote it, or retrain") from err
+
+
+def train_config_from_checkpoint(ckpt: dict, path: str | os.PathLike = "checkpoint") -> TrainConfig:
+    """The TrainConfig a 'latest' checkpoint was trained with; CheckpointError if it has none or a bad one."""
+    saved = ckpt.get("train_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path} holds no training config (its 'train_config' is {_show(saved)}), so it "
+                              "cannot be resumed; resume from a latest.pt written by train.py, or start a new run")
+    try:
+        return TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} holds a training config this code refuses ({err}); the file was edited or "
+                              "written by other code: start a new run, or resume with the code version that wrote it"
+                              ) from err
 
 
 def check_tokenizer(ckpt: dict, path: str | os.PathLike = "checkpoint") -> None:
@@ -292,7 +443,7 @@ def check_size(cfg: ModelConfig, ckpt: dict, path: str | os.PathLike = "checkpoi
         raise CheckpointError(f"{path}: its config describes a model of {expected:,} parameters, but the file holds "
                               f"only {present:,} weights; the config and the weights do not belong together (an "
                               "edited or damaged file): use a checkpoint written by train.py / Trainer")
-    needed, free = 4 * expected, available_memory()                   # the model is built in fp32 first
+    needed, free = build_memory_bytes(cfg), available_memory()    # fp32 weights and the RoPE tables
     if free is not None and needed > free:
         raise CheckpointError(f"{path}: building its model needs about {needed / 2**30:.1f} GiB of memory, only "
                               f"{free / 2**30:.1f} GiB are available; free memory or use a machine with more")
@@ -353,7 +504,9 @@ def load_safetensors(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS if key != "model"):
         raise CheckpointError(f"{meta_path} is not a checkpoint description written by this project; "
                               "pass a .pt file or a .safetensors file saved by train.py / Trainer")
+    ckpt = ckpt | {"model": weights}
+    check_fields(ckpt, meta_path)
     if ckpt["model_config"].get("tie_embeddings") and "embed.weight" in weights:
         weights.setdefault("head.weight", weights["embed.weight"])
-    return ckpt | {"model": weights}
+    return ckpt
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import ctypes
 from contextlib import suppress
 
+import torch
+
+from utils import build_memory_bytes
+
 
 def available_memory() -> int | None:
     """Bytes the kernel says can still be allocated without swapping (Linux MemAvailable); None elsewhere."""
@@ -15,6 +19,23 @@ def available_memory() -> int | None:
             line = next(line for line in handle if line.startswith("MemAvailable:"))
         return int(line.split()[1]) * 1024
     return None
+
+
+def step_memory_problem(model_cfg, batch_size: int, device: str | torch.device = "cpu") -> str | None:
+    """None when one training step can fit on `device`; else the clause saying what it needs and what is free.
+
+    A lower bound, so that what it refuses cannot run: the weights with their gradients and AdamW's two
+    moments (4 fp32 copies, RoPE tables counted) plus one micro-batch's (batch x context, vocab) fp32 logits.
+    Activations come on top. `--batch-size 1000000000` is one line, not a failed allocation at step 1."""
+    device = torch.device(device)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    logits = 4 * batch_size * model_cfg.context_length * model_cfg.vocab_size
+    needed = 4 * build_memory_bytes(model_cfg) + logits
+    if free is None or needed <= free:
+        return None
+    return (f"a training step needs at least {needed / 2**30:,.1f} GiB ({logits / 2**30:,.1f} GiB of logits for "
+            f"batch size {batch_size} x context {model_cfg.context_length}), only {free / 2**30:,.1f} GiB are free "
+            f"on {device.type}")
 
 
 def keep_freed_memory_in_heap() -> bool:

@@ -6,9 +6,27 @@ tokens_per_s, elapsed_s), 'eval' (val_loss, val_ppl, best_val_loss) or 'sample' 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
+
+from common.files import atomic_write
+
+
+def open_no_follow(path: Path, append: bool):
+    """Open metrics.jsonl for writing without following a symbolic link there (O_NOFOLLOW): a link someone
+    planted in --out would otherwise have its target truncated or appended to. OSError(ELOOP) names it."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP or path.is_symlink():
+            raise OSError(errno.ELOOP, f"{path.name} is a symbolic link, which is never written through; "
+                          "remove it", str(path)) from None
+        raise
+    return os.fdopen(fd, "a" if append else "w", encoding="utf-8")
 
 
 class RunLog:
@@ -30,7 +48,7 @@ class RunLog:
             sink.write(row)
         if self.path is not None:
             if self.file is None:
-                self.file = open(self.path, "w" if self.fresh else "a")
+                self.file = open_no_follow(self.path, append=not self.fresh)
                 self.fresh = False
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()                     # a killed run keeps every complete line
@@ -47,7 +65,8 @@ class RunLog:
                 continue
             if row.get("step", 0) <= step:
                 kept.append(row)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        # a new file renamed over the old one: a planted symlink is replaced, its target never written
+        atomic_write(self.path, lambda handle: handle.write("".join(json.dumps(r) + "\n" for r in kept)), mode="w")
         self.rows[:], self.fresh = kept, False      # in place: Trainer.metrics is this list
 
     def train_row(self, row: dict) -> None:
