@@ -42,6 +42,7 @@ from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel, ForwardStats
 from data import TrainBatches, eval_batches
 from training import checkpoint as ckpt_io
+from training.compile import compile_model
 from training.config import TrainConfig
 from training.distributed import (
     ONE_PROCESS,
@@ -160,7 +161,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
         sync = micro == cfg.grad_accum - 1 or not dist_info.enabled
         with nullcontext() if sync else model.no_sync():
             with autocast():
-                _, loss, stats = model(x, y, head_loss=head_loss_for(raw_model, x, y))   # fused on fp32 CPU
+                _, loss, stats = model(x, y, head_loss=head_loss_for(model, x, y))   # fused on fp32 CPU
             backward(loss / cfg.grad_accum, scaler)          # loss.backward(), via the fp16 scaler if any
         for name, value in logged_losses(loss, stats).items():
             sums[name] = sums.get(name, 0.0) + value.float() / cfg.grad_accum
@@ -209,7 +210,7 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
         for x, y in batches:
             with autocast():
                 x, y = x.to(device), y.to(device)
-                _, _, stats = model(x, y, head_loss=head_loss_for(ckpt_io.unwrap(model), x, y))
+                _, _, stats = model(x, y, head_loss=head_loss_for(model, x, y))
             total += stats.ce.item() * y.numel()
             count += y.numel()
     finally:
@@ -321,7 +322,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.raw_model = DeepSeekModel(model_cfg).to(self.device)
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.model = compile_model(self.raw_model) if cfg.compile else self.raw_model   # training/compile.py
         if self.dist.enabled:
             self.model = wrap_ddp(self.model, self.device, has_experts=model_cfg.ffn == "moe")
         # 4) optimizer, schedule horizon and bookkeeping
