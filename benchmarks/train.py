@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="model size (--quick overrides it with TINY)")
     parser.add_argument("--hf-experts", nargs="*", default=list(HF_DEFAULT_EXPERTS), choices=HF_EXPERTS,
                         help="HF experts implementations to try; the fastest is compared (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (and its compile time)")
+    parser.add_argument("--compile", action="store_true", help="also time ours compiled as the Trainer does "
+                        "(compile time, compiled_vs_eager, graphs)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our step")
     args = parser.parse_args(argv)
     try:                                  # an unavailable device or an impossible dtype: one line, before work
