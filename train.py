@@ -61,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                "Examples: --set top_k=1  --set attention=mha  --set warmup_steps=50  --set q_latent_dim=None")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help=f"model size (default {DEFAULT_PRESET}; on --resume, the checkpoint's)")
-    p.add_argument("--data", metavar="PATH", type=path_arg,
-                   help=f"essays: CSV/Parquet/JSONL with a text column, a .txt file or a folder of .txt files "
+    p.add_argument("--data", metavar="PATH|OWNER/NAME", type=path_arg,
+                   help=f"essays: CSV/Parquet/JSONL with a text column, a .txt file or a folder of .txt files; or "
+                        "a Hugging Face dataset id OWNER/NAME (when no such file or folder exists: its 'text' column, "
+                        "else its longest string column; cached in data/cache) "
                         f"(default: ${DATA_ENV_VAR}, then the local cache, the Hub, the bundled sample)")
     p.add_argument("--cache-dir", metavar="DIR", type=path_arg, help="token cache directory (default data/cache)")
     p.add_argument("--out", metavar="DIR", type=path_arg,

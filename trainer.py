@@ -43,6 +43,7 @@ from components.config import ModelConfig
 from components.deepseek_model import DeepSeekModel, ForwardStats
 from data import TrainBatches, eval_batches
 from training import checkpoint as ckpt_io
+from training.compile import compile_model
 from training.config import TrainConfig
 from training.distributed import (
     ONE_PROCESS,
@@ -163,7 +164,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches, cfg:
         sync = micro == cfg.grad_accum - 1 or not dist_info.enabled
         with nullcontext() if sync else model.no_sync():
             with autocast():
-                _, loss, stats = model(x, y, head_loss=head_loss_for(raw_model, x, y))   # fused on fp32 CPU
+                _, loss, stats = model(x, y, head_loss=head_loss_for(model, x, y))   # fused on fp32 CPU
             backward(loss / cfg.grad_accum, scaler)          # loss.backward(), via the fp16 scaler if any
         for name, value in logged_losses(loss, stats).items():
             sums[name] = sums.get(name, 0.0) + value.float() / cfg.grad_accum
@@ -230,7 +231,7 @@ def evaluate(model: nn.Module, val_ids, *, batch_size: int, context_length: int,
         for (x, y), weight in mine:
             with autocast():
                 x, y = x.to(device), y.to(device)
-                _, _, stats = model(x, y, head_loss=head_loss_for(ckpt_io.unwrap(model), x, y))
+                _, _, stats = model(x, y, head_loss=head_loss_for(model, x, y))
             total += weight * stats.ce.item() * y.numel()
             count += weight * y.numel()
     finally:
@@ -353,7 +354,7 @@ class Trainer:
         self.experts = ExpertSharding(self.raw_model, split_decay) if expert_parallel else None
         self.raw_model.to(self.device)
         torch.manual_seed(cfg.seed + self.dist.rank)
-        self.model = torch.compile(self.raw_model) if cfg.compile else self.raw_model
+        self.model = compile_model(self.raw_model) if cfg.compile else self.raw_model   # training/compile.py
         if self.dist.enabled:                 # DDP over the replicated weights; the sharded experts excluded
             ignore = self.experts.ddp_ignore(self.model) if self.experts else ()
             self.model = wrap_ddp(self.model, self.device, has_experts=model_cfg.ffn == "moe" and not self.experts,

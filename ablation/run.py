@@ -41,7 +41,7 @@ from common.cli import CommandLine, UsageError, field_types, parse_value, path_a
 from components.config import ModelConfig
 from constants import PRESETS, PROJECT_ROOT
 from data import prepare_data
-from data.sources import display_path
+from data.sources import display_path, is_hub_id
 from trainer import TrainConfig, Trainer
 from training.memory import step_memory_problem
 from utils import count_active_parameters, count_parameters, kv_cache_bytes_per_token, pick_device
@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=int, help="override context_length (>= 1)")
     p.add_argument("--vocab-top", type=int, metavar="N", help="keep the N-1 most frequent tokens + 1 'other' id")
     p.add_argument("--evals", type=int, default=2, help="validation runs per run, evenly spaced (default 2)")
-    p.add_argument("--data", type=path_arg, help="essays file (default: the data package's resolution order)")
+    p.add_argument("--data", type=path_arg, help="essays file, or a Hub dataset id OWNER/NAME (default: the data package's "
+                   "resolution order)")
     p.add_argument("--cache-dir", type=path_arg, help="token cache folder (default data/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared CPU is faster so)")
     p.add_argument("--out", type=path_arg, help="record folder (default runs/ablations/<study>)")
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:                                                     # 1) everything checked before any work
         specs = build_specs(args)
         shard = parse_shard(args.shard)
-        if args.data and not Path(args.data).exists():
+        if args.data and not Path(args.data).exists() and not is_hub_id(args.data):
             raise UsageError(f"--data {args.data}: no such file or folder")
         out = Path(args.out or Path("runs") / "ablations" / args.study)
         check_out_folder(out)

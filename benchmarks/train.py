@@ -32,8 +32,10 @@ Fairness notes. Both sides cycle through the same few random batches (one repeat
 memorised and makes exp() run on denormals, see `run`). `training.memory.keep_freed_memory_in_heap` (what
 train.py does on CPU) is process-wide, so HF gets it too. On a shared machine the median moves
 with the load: the fastest step of each side and the load average are printed as well.
-`--compile` also times torch.compile(ours) and reports its compile time (the Trainer's default is
-eager, so the targets are judged on eager).
+`--compile` also times ours compiled as the Trainer's --compile does (training/compile.py) and reports
+its compile time, compiled_vs_eager (tokens/s, and per-round pairs) and the graphs and graph breaks
+Dynamo counted over all steps (1 and 0: compiled once, no recompile). The Trainer's default is eager,
+so the targets are judged on eager.
 
 The breakdown times extra steps with module hooks (not the timed ones): forward per part,
 backward per part (full backward hooks), and the optimizer (clip + AdamW).
@@ -57,6 +59,7 @@ from components.deepseek_model import DeepSeekModel
 from constants import PRESETS, TINY
 from hugging_face import convert as hf_convert
 from trainer import TrainConfig, make_optimizer
+from training.compile import compile_model
 from training.fast_head import head_loss_for
 from training.memory import keep_freed_memory_in_heap
 from training.precision import PRECISIONS, Precision, backward, choose_precision, step_with_scaler
@@ -286,7 +289,8 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
 
     compile_s = None
     if compile_ours:
-        compiled = torch.compile(ours)
+        torch._dynamo.utils.counters.clear()
+        compiled = compile_model(ours)                 # as the Trainer's --compile (training/compile.py)
         sides["ours_compiled"] = Side("ours_compiled", compiled, ours_loss, train_cfg, precision)
         start = time.perf_counter()
         sides["ours_compiled"].step(x, y)
@@ -343,6 +347,12 @@ def run(quick: bool = False, threads: int = 2, warmup: int | None = None, repeat
     }
     if compile_ours:
         result["ours_compiled_tokens_per_s"] = tokens_per_s["ours_compiled"]
+        result["compiled_vs_eager"] = tokens_per_s["ours_compiled"] / tokens_per_s["ours"]
+        result["compiled_vs_eager_paired"] = statistics.median(
+            o / c for o, c in zip(times["ours"], times["ours_compiled"], strict=True))
+        counters = torch._dynamo.utils.counters    # over the compile and every timed step
+        result["compiled_graphs"] = counters["stats"]["unique_graphs"]
+        result["compiled_graph_breaks"] = sum(counters["graph_break"].values())
         result["compiled_vs_hf"] = tokens_per_s["ours_compiled"] / tokens_per_s["hf"]
         result["compiled_mfu"] = 6 * active * tokens_per_s["ours_compiled"] / (peak * 1e9)
         result["compile_s"] = compile_s
@@ -366,7 +376,11 @@ def report(result: dict) -> None:
           + ", ".join(f"{k} {v:.0f}" for k, v in result["hf_trial_ms"].items()))
     if "ours_compiled_tokens_per_s" in result:
         print(f"  ours, torch.compile       {result['ours_compiled_tokens_per_s']:8,.0f} tokens/s  "
-              f"MFU {result['compiled_mfu']:.3f}  (compile + first step {result['compile_s']:.1f} s)")
+              f"({result['median_ms']['ours_compiled']:.1f} ms/step)  MFU {result['compiled_mfu']:.3f}  "
+              f"(compile + first step {result['compile_s']:.1f} s)")
+        print(f"  compiled_vs_eager = {result['compiled_vs_eager']:.3f}   (per-round pairs: "
+              f"{result['compiled_vs_eager_paired']:.3f}; {result['compiled_graphs']} graph(s), "
+              f"{result['compiled_graph_breaks']} graph break(s) over all steps)")
     print(f"  train_vs_hf = {result['train_vs_hf']:.3f}   (target >= 1.15; per-round pairs: "
           f"{result['train_vs_hf_paired']:.3f})")
     print(f"  mfu         = {result['mfu']:.3f}   (target >= 0.55)")
@@ -401,7 +415,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="model size (--quick overrides it with TINY)")
     parser.add_argument("--hf-experts", nargs="*", default=list(HF_DEFAULT_EXPERTS), choices=HF_EXPERTS,
                         help="HF experts implementations to try; the fastest is compared (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (and its compile time)")
+    parser.add_argument("--compile", action="store_true", help="also time ours compiled as the Trainer does "
+                        "(compile time, compiled_vs_eager, graphs)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of our step")
     args = parser.parse_args(argv)
     try:                                  # an unavailable device or an impossible dtype: one line, before work

@@ -131,7 +131,7 @@ class DeepSeekModel(nn.Module):
             for name, value in layer.losses.items():
                 balance[name] = balance.get(name, 0.0) + value
         balance_loss = sum(balance.values()) if balance else logits.new_zeros((), dtype=torch.float32)
-        if loss is not None:
+        if loss is not None and balance:   # not `+ zeros`: torch.compile (2.13) then lost the loss's grad_fn
             loss = loss + balance_loss
         stats.balance_loss = balance_loss.detach()
         stats.balance_losses = {name: value.detach() for name, value in balance.items()}

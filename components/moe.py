@@ -99,11 +99,8 @@ class MoE(nn.Module):
 
         # 4) gather tokens once (expert-contiguous), run each expert once on its slice
         expert_inputs = tokens.index_select(0, token_idx)                     # (M, D)
-        expert_outputs = []
-        for expert, chunk in zip(self.experts, expert_inputs.split(splits), strict=True):
-            if chunk.shape[0]:                                                # idle experts: no zero-size calls
-                expert_outputs.append(expert(chunk))                          # (n_e, D)
-        routed = torch.cat(expert_outputs) if expert_outputs else expert_inputs  # (M, D)
+        chunks = expert_inputs.split(splits)                                  # E slices (n_e, D), some may be empty
+        routed = torch.cat([expert(chunk) for expert, chunk in zip(self.experts, chunks, strict=True)])  # (M, D)
 
         # 5) weight and scatter back: ONE index_add_ sums the K contributions of every token
         y = torch.zeros_like(tokens).index_add_(0, token_idx, routed * slot_weights.unsqueeze(-1))  # (N, D)

@@ -133,7 +133,9 @@ class Router(nn.Module):
         weights = weights * self.route_scale                                 # (N, K)
 
         # 5) load statistics: how many (token, slot) selections each expert received
-        tokens_per_expert = expert_ids.flatten().bincount(minlength=E)       # (E,) sums to N*K
+        flat_ids = expert_ids.flatten()                                      # (N*K,)
+        tokens_per_expert = torch.zeros(E, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat_ids, torch.ones_like(flat_ids))                          # (E,) sums to N*K
 
         # 6) balance losses, each multiplied by its coefficient
         losses = self._balance_losses(logits, scores, expert_ids, tokens_per_expert, seq_len)

@@ -1,6 +1,7 @@
 """`python -m data`: resolve, split and tokenize the essays, then print what was used.
 
-    python -m data [--data PATH] [--val-fraction F] [--seed S] [--context-length T] [--cache-dir DIR] [--no-hub]
+    python -m data [--data PATH|OWNER/NAME] [--val-fraction F] [--seed S] [--context-length T]
+                   [--cache-dir DIR] [--no-hub]
 
 A bad input prints one line and exits with code 2 (no traceback), like an argparse error.
 """
@@ -17,8 +18,10 @@ from data.prepare import prepare_data
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandLine(prog="python -m data", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", metavar="PATH", help=f"essays file or folder (default: ${DATA_ENV_VAR}, "
-                        "then the local Hub copy, the Hub, the bundled sample)")
+    parser.add_argument("--data", metavar="PATH|OWNER/NAME",
+                        help="essays file or folder, or a Hugging Face dataset id OWNER/NAME when no such file or "
+                        "folder exists (its 'text' column, else its longest string column; kept in the cache dir) "
+                        f"(default: ${DATA_ENV_VAR}, then the local Hub copy, the Hub, the bundled sample)")
     parser.add_argument("--val-fraction", type=float, default=VAL_FRACTION, metavar="F",
                         help=f"share of essays for validation (default {VAL_FRACTION})")
     parser.add_argument("--seed", type=int, default=SEED, help=f"split seed (default {SEED})")

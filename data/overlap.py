@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p = CommandLine(prog="python -m data.overlap", description=__doc__.splitlines()[0])
     p.add_argument("text", nargs="*", help="samples to check (each argument one sample)")
     p.add_argument("--file", help="a text file with one sample per line")
-    p.add_argument("--data", help="the essays (default: the loader's order: $DEEPSEEK_SCRATCH_DATA, ...)")
+    p.add_argument("--data", help="the essays, a path or a Hub dataset id (default: the loader's order: "
+                   "$DEEPSEEK_SCRATCH_DATA, ...)")
     args = p.parse_args(argv)
     samples = list(args.text)
     if args.file:

@@ -2,7 +2,9 @@
 
 Resolution order (offline by design: only step 3 touches the network, and a failure there falls
 through to step 4):
-    1. an explicit path (argument, or the DEEPSEEK_SCRATCH_DATA environment variable)
+    1. an explicit path (argument, or the DEEPSEEK_SCRATCH_DATA environment variable), or an explicit
+       Hub dataset id (OWNER/NAME that is not an existing file or folder, see `is_hub_id`): its local
+       copy in the cache dir, else a download; offline with no copy is an error, never the sample
     2. the local copy of the Hub dataset saved under the cache dir by an earlier download
     3. the Hub dataset itself (hub.py), only when the hub host answers within a few seconds
     4. the bundled stand-in sample in data/sample/, with a loud warning
@@ -16,6 +18,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +28,28 @@ from constants import DATA_DIR, DATA_ENV_VAR, HUB_DATASET, PROJECT_ROOT
 from data import hub
 
 SAMPLE_DIR = DATA_DIR / "sample"
-HUB_CACHE_NAME = "hub_" + HUB_DATASET.replace("/", "__") + ".csv"   # the Hub copy, as CSV
 TABLE_SUFFIXES = (".csv", ".parquet", ".jsonl")
 HOW_TO_GET_ESSAYS = (f"pass --data PATH (or set {DATA_ENV_VAR}) to a CSV/Parquet/JSONL file with a 'text' "
-                     "column, a .txt file or a folder of .txt files")
+                     "column, a .txt file or a folder of .txt files, or --data OWNER/NAME for a Hub dataset")
+# OWNER/NAME as the Hub spells dataset ids; a name ending like a file we read stays a (missing) path
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+FILE_SUFFIXES = (*TABLE_SUFFIXES, ".txt")
+
+
+def hub_cache_name(dataset_id: str) -> str:
+    """The cache file of a Hub dataset: hub_OWNER__NAME.csv."""
+    return "hub_" + dataset_id.replace("/", "__") + ".csv"
+
+
+HUB_CACHE_NAME = hub_cache_name(HUB_DATASET)   # the default dataset's copy, as CSV
+
+
+def is_hub_id(value: str | os.PathLike) -> bool:
+    """--data names a Hub dataset when it reads OWNER/NAME (one slash, no file suffix such as .csv) and no
+    file or folder of that name exists: an existing path always wins."""
+    text = os.fspath(value)
+    return (HUB_ID.fullmatch(text) is not None and not text.lower().endswith(FILE_SUFFIXES)
+            and not Path(text).expanduser().exists())
 
 # Python's csv module refuses fields over 128 KiB by default; whole essays can be longer.
 csv.field_size_limit(2**31 - 1)
@@ -139,11 +160,13 @@ def fingerprint(source: Source) -> str:
     return digest.hexdigest()
 
 
-def keep_hub_copy(rows: list[dict], cache_dir: Path | None) -> Source:
-    """Save downloaded Hub rows as cache_dir/HUB_CACHE_NAME (a CSV with the dataset's columns); in memory
-    when the cache is not writable."""
+def keep_hub_copy(rows: list[dict], cache_dir: Path | None, dataset_id: str = HUB_DATASET,
+                  column: str = "text") -> Source:
+    """Save downloaded Hub rows as cache_dir/hub_OWNER__NAME.csv (title, date, text); in memory when the
+    cache is not writable. `column`: the dataset's column the texts came from (said in the description)."""
+    name = f"Hub dataset {dataset_id}" + ("" if column == "text" else f" (column {column!r} as text)")
     if cache_dir is not None:
-        target = cache_dir / HUB_CACHE_NAME
+        target = cache_dir / hub_cache_name(dataset_id)
 
         def write_csv(handle):
             writer = csv.DictWriter(handle, fieldnames=hub.HUB_COLUMNS)
@@ -153,10 +176,26 @@ def keep_hub_copy(rows: list[dict], cache_dir: Path | None) -> Source:
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(target, write_csv, mode="w")
-            return Source(f"Hub dataset {HUB_DATASET} (saved to {display_path(target)})", path=target)
+            return Source(f"{name} (saved to {display_path(target)})", path=target)
         except OSError:
             pass   # not writable: keep the essays in memory, the token cache will say so too
-    return Source(f"Hub dataset {HUB_DATASET} (in memory)", texts=tuple(row["text"] for row in rows))
+    return Source(f"{name} (in memory)", texts=tuple(row["text"] for row in rows))
+
+
+def hub_source(dataset_id: str, cache_dir: Path | None, use_hub: bool, via: str = "") -> Source:
+    """An explicitly named Hub dataset: its local copy, else a download; else a one-line error naming the fix."""
+    copy = cache_dir / hub_cache_name(dataset_id) if cache_dir is not None else None
+    if copy is not None and copy.is_file():
+        return Source(f"Hub dataset {dataset_id}{via} (local copy {display_path(copy)})", path=copy)
+    why = "the Hub was not tried (--no-hub)"
+    if use_hub:
+        rows, why = hub.fetch_rows(dataset_id)
+        if rows is not None:
+            return keep_hub_copy(rows, cache_dir, dataset_id, column=why)
+    where = f" at {display_path(copy)}" if copy is not None else ""
+    raise FileNotFoundError(f"cannot read the Hub dataset {dataset_id}{via}: {why}, and it has no local copy{where}; "
+                            f"download it once where the Hub is reachable (python -m data --data {dataset_id}, "
+                            "without HF_HUB_OFFLINE=1), or pass --data PATH to a local copy")
 
 
 def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, use_hub: bool) -> Source:
@@ -165,6 +204,8 @@ def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, 
     from_env = data_path is None and bool(os.environ.get(DATA_ENV_VAR))
     if from_env:
         data_path = os.environ[DATA_ENV_VAR]
+    if data_path is not None and is_hub_id(data_path):
+        return hub_source(os.fspath(data_path), cache_dir, use_hub, f" (from {DATA_ENV_VAR})" if from_env else "")
     if data_path is not None:
         path = Path(data_path).expanduser()
         if not path.exists():
@@ -185,7 +226,7 @@ def resolve_source(data_path: str | os.PathLike | None, cache_dir: Path | None, 
     if use_hub:
         rows, why = hub.fetch_rows()
         if rows is not None:
-            return keep_hub_copy(rows, cache_dir)
+            return keep_hub_copy(rows, cache_dir, column=why)
     # 4) the stand-in sample, loudly
     warnings.warn(f"USING THE BUNDLED SAMPLE CORPUS, NOT THE REAL ESSAYS: no data path was given, no local copy "
                   f"was found and {why}. The sample is short stand-in text; to train on the real essays, "

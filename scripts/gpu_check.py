@@ -93,7 +93,8 @@ def part_cuda_tests(clock: Clock, work: Path) -> dict:
 
 BENCH_KEYS = ("ours_tokens_per_s", "hf_tokens_per_s", "train_vs_hf", "train_vs_hf_paired", "mfu", "hf_mfu",
               "peak_gflops", "active_params", "hf_experts_implementation", "median_ms", "skipped_steps",
-              "ours_compiled_tokens_per_s", "compiled_vs_hf", "compiled_mfu", "compile_s")
+              "ours_compiled_tokens_per_s", "compiled_vs_hf", "compiled_mfu", "compile_s", "compiled_vs_eager",
+              "compiled_vs_eager_paired", "compiled_graphs", "compiled_graph_breaks")
 
 
 def part_benchmark(clock: Clock, work: Path) -> dict:
@@ -257,7 +258,9 @@ def summarize(name: str, outcome: dict) -> None:
                     f"ratio {f['train_vs_hf']:.2f}, MFU {f['mfu']:.3f} of {f['peak_gflops'] / 1e3:.0f} TFLOP/s bf16")
             if "ours_compiled_tokens_per_s" in f:
                 line += (f"; compiled {f['ours_compiled_tokens_per_s']:,.0f} tok/s (ratio {f['compiled_vs_hf']:.2f},"
-                         f" MFU {f['compiled_mfu']:.3f}, compile {f['compile_s']:.0f} s)")
+                         f" vs eager {f['compiled_vs_eager']:.2f}, MFU {f['compiled_mfu']:.3f}, compile "
+                         f"{f['compile_s']:.0f} s, {f['compiled_graphs']} graph(s), "
+                         f"{f['compiled_graph_breaks']} break(s))")
             print(line)
     elif name in ("ddp", "notebooks"):
         for label, r in outcome.get("runs", {}).items():

@@ -185,6 +185,80 @@ def test_hub_download_is_saved_then_reused(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.train_ids, second.train_ids)
 
 
+def test_hub_id_is_told_from_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sources.is_hub_id("sgoel9/paul_graham_essays") and sources.is_hub_id("a-b/c.d_e")
+    for path in ("essays", "data/essays.csv", "notes/x.txt", "/abs/name", "a/b/c", "./a/b", "a/", "~/x"):
+        assert not sources.is_hub_id(path), path
+    (tmp_path / "owner" / "name").mkdir(parents=True)        # an existing folder of that name wins
+    assert not sources.is_hub_id("owner/name")
+
+
+def test_text_column_is_text_else_the_longest_string_column():
+    assert hub.pick_text_column([{"title": "a much longer title", "text": "x"}]) == "text"
+    rows = [{"id": 1, "title": "Short", "body": "A long essay body.", "url": "http://x"},
+            {"id": 2, "title": "Tiny", "body": None, "url": "http://y/z"}]
+    assert hub.pick_text_column(rows) == "body"
+    assert hub.pick_text_column([{"id": 1, "score": 2.0}]) is None
+
+
+def fake_hub(monkeypatch, rows):
+    """The Hub reachable, and `hub.download` returning `rows` (recording each call): no network."""
+    calls = []
+
+    def download(dataset_id):
+        calls.append(dataset_id)
+        return [dict(row) for row in rows]
+
+    monkeypatch.setattr(hub, "download", download)
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a: True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)   # CI sets both
+    return calls
+
+
+def test_data_hub_id_downloads_to_the_cache_keyed_by_id_then_reuses_it(tmp_path, monkeypatch, capsys):
+    rows = [{"id": i, "title": f"T{i}", "body": essay(i)} for i in range(6)]   # no 'text' column: 'body'
+    calls = fake_hub(monkeypatch, rows)
+    cache = tmp_path / "cache"
+    assert cli_main(["--data", "someone/essays", "--cache-dir", str(cache)]) == 0       # python -m data --data ID
+    copy = cache / "hub_someone__essays.csv"
+    assert calls == ["someone/essays"] and copy.is_file()
+    out = capsys.readouterr().out
+    assert "Hub dataset someone/essays (column 'body' as text) (saved to" in out and "tokenized now" in out
+    with open(copy, encoding="utf-8", newline="") as f:
+        saved = list(csv.DictReader(f))
+    assert [r["text"] for r in saved] == [r["body"] for r in rows] and saved[0]["title"] == "T0"
+    first = prepare_data("someone/essays", cache_dir=cache, quiet=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                                           # a second run, offline
+    second = prepare_data("someone/essays", cache_dir=cache, quiet=True)
+    assert calls == ["someone/essays"]                                                  # never downloaded again
+    assert "local copy" in second.summary.source and second.summary.from_cache
+    np.testing.assert_array_equal(first.train_ids, second.train_ids)
+    assert second.summary.n_essays_train + second.summary.n_essays_val == 6
+    monkeypatch.setenv(DATA_ENV_VAR, "someone/essays")                                  # the env var takes ids too
+    assert f"someone/essays (from {DATA_ENV_VAR})" in prepare_data(cache_dir=cache, quiet=True).summary.source
+
+
+def test_data_hub_id_offline_without_a_copy_is_one_line_naming_the_fix(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "data", "--data", "someone/essays", "--cache-dir",
+                             str(tmp_path / "cache")], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: cannot read the Hub dataset someone/essays: HF_HUB_OFFLINE=1 is set")
+    assert "python -m data --data someone/essays" in line and "BUNDLED SAMPLE" not in line
+    assert not (tmp_path / "cache").exists()
+    with pytest.raises(FileNotFoundError, match="the Hub was not tried"):
+        prepare_data("someone/essays", cache_dir=tmp_path / "cache", use_hub=False, quiet=True)
+
+
+def test_data_hub_id_without_a_text_column_says_so(tmp_path, monkeypatch):
+    fake_hub(monkeypatch, [{"id": 1, "score": 0.5}])
+    with pytest.raises(FileNotFoundError, match=r"no column of text \(columns: id, score\)"):
+        prepare_data("someone/numbers", cache_dir=tmp_path, quiet=True)
+
+
 # --- the split ----------------------------------------------------------------------------------
 
 def test_split_is_deterministic_and_seeded():

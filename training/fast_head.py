@@ -9,7 +9,7 @@ the logits instead of several and lets the logits rows start on cache-line bound
 ~65 ms less of an ~860 ms head (and 1.18x HF DeepseekV3ForCausalLM on the whole training step,
 `python -m benchmarks.train`). The model's own forward stays the textbook head + `F.cross_entropy`; the
 trainer passes this one in (`DeepSeekModel.forward(..., head_loss=...)`) only where it was measured:
-fp32 on CPU without autocast (`head_loss_for`).
+fp32 on CPU without autocast or torch.compile (`head_loss_for`).
 
 Shapes: N tokens, D model width, V vocab.
 """
@@ -17,6 +17,8 @@ Shapes: N tokens, D model width, V vocab.
 from __future__ import annotations
 
 import torch
+
+from training.compile import is_compiled
 
 LOGITS_ROW_ALIGN = 16       # floats: 64 bytes, one cache line / one AVX-512 register
 UNDERFLOW_PROB = 1e-30      # below this, -log p is recomputed from the logits (fp32 normals end at 1.2e-38)
@@ -95,7 +97,14 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
 
 def head_loss_for(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor):
     """`head_cross_entropy` where its speed-up was measured (fp32 weights on CPU, no autocast, plain class
-    targets), else None: the model's textbook head + F.cross_entropy. Call it inside the autocast context."""
+    targets, not compiled), else None: the model's textbook head + F.cross_entropy. `model` as it is called
+    (DDP / torch.compile wrappers allowed). Under torch.compile None too: the compiler fuses the textbook
+    head + loss itself, and this node's data-dependent branch would break its graph (training/compile.py).
+    Call it inside the autocast context, outside the compiled model."""
+    if is_compiled(model):
+        return None
+    while isinstance(getattr(model, "module", None), torch.nn.Module):     # DDP(model) -> model
+        model = model.module
     fits = (x.device.type == "cpu" and model.head.weight.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and targets.numel() > 0 and int(targets.min()) >= 0)
     return head_cross_entropy if fits else None
