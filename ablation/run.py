@@ -367,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=int, help="override context_length (>= 1)")
     p.add_argument("--vocab-top", type=int, metavar="N", help="keep the N-1 most frequent tokens + 1 'other' id")
     p.add_argument("--evals", type=int, default=2, help="validation runs per run, evenly spaced (default 2)")
-    p.add_argument("--data", type=path_arg, help="essays file, or a Hub dataset id OWNER/NAME (default: the data package's "
-                   "resolution order)")
+    p.add_argument("--data", type=path_arg, help="essays file, or a Hub dataset id OWNER/NAME (default: the data "
+                   "package's resolution order)")
     p.add_argument("--cache-dir", type=path_arg, help="token cache folder (default data/cache)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared CPU is faster so)")
     p.add_argument("--out", type=path_arg, help="record folder (default runs/ablations/<study>)")
