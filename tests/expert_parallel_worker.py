@@ -101,9 +101,10 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = [run_case(case, rank, world, seed) for seed, case in enumerate(cases(world))]
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.barrier()             # no rank tears gloo down while another still talks to it (a SIGABRT seen in CI)
     finally:
         dist.destroy_process_group()
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
 
 
 def free_port() -> int:
