@@ -188,7 +188,6 @@ def count_active_parameters(model: torch.nn.Module) -> int:
     norms and the output head. The embedding is a table lookup, not a matmul, so it counts only
     when it is tied to the head (then it *is* the head). This is the N in MFU = 6*N*tokens/s / peak.
     """
-
     active = 0
     seen: set[int] = set()
     mtp = getattr(model, "mtp", None)

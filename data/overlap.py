@@ -60,7 +60,6 @@ def longest_shared_run(sample: str | list[str], corpus: str | list[str]) -> tupl
 
 def training_words(data_path: str | None = None) -> list[str]:
     """The words of the training split, decoded from the same token ids the trainer reads."""
-
     prepared = prepare_data(data_path=data_path, context_length=8, quiet=True)
     return words(get_tokenizer().decode(prepared.train_ids.tolist()))
 

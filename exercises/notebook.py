@@ -25,7 +25,6 @@ def _stream(text: str) -> list:
 
 def stub_check_outputs(exercise_id: str) -> list:
     """The output of an exercise's check cell while the stub is untouched (deterministic, so CI checks it)."""
-
     return _stream(verdict_line(stub_result(find(exercise_id))) + "\n")
 
 
